@@ -1,0 +1,226 @@
+"""Reading instruction data: JSONL, JSON, CSV, Parquet files and Hub dataset ids, normalized to messages.
+
+Accepted record shapes (detected per record):
+  messages      {"messages": [{"role": "user", "content": …}, {"role": "assistant", …}]}
+  prompt        {"prompt": "…" | [messages], "completion": "…" | [messages]}
+  alpaca        {"instruction": …, "input": …, "output": …}
+  sharegpt      {"conversations": [{"from": "human" | "gpt" | "system", "value": …}]}
+Every problem is a UserError naming `file:line`, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from alignkit.errors import UserError
+
+ROLES = {"system", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool"}
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw record and where it came from (`file:line`)."""
+
+    data: dict
+    origin: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A validated conversation whose last message is the assistant's."""
+
+    messages: list[dict]
+    origin: str
+    format: str
+
+
+def read_records(source: str) -> list[Record]:
+    """Raw records of a file or Hub dataset id (`org/name` or `org/name:split`)."""
+    path = Path(source)
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise UserError(f"{source}: data file not found")
+        reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+                  ".parquet": _read_parquet}.get(path.suffix.lower())
+        if reader is None:
+            raise UserError(f"{source}: unsupported file type (expected {', '.join(sorted(FILE_SUFFIXES))})")
+        return reader(path)
+    return _read_hub(source)
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
+            records.append(Record(obj, f"{path}:{n}"))
+    return records
+
+
+def _read_json(path: Path) -> list[Record]:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list) or not all(isinstance(o, dict) for o in obj):
+        raise UserError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}})")
+    return [Record(o, f"{path}:record {i + 1}") for i, o in enumerate(obj)]
+
+
+def _read_csv(path: Path) -> list[Record]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        # line_num counts physical lines, so multi-line quoted cells still point at the right place
+        return [Record({k: _maybe_json(v) for k, v in row.items()}, f"{path}:{reader.line_num}") for row in reader]
+
+
+def _read_parquet(path: Path) -> list[Record]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise UserError(f"{path}: unreadable Parquet file ({e})") from None
+    return [Record(_plain(row), f"{path}:row {i + 1}") for i, row in enumerate(frame.to_dict("records"))]
+
+
+def _read_hub(source: str) -> list[Record]:
+    name, _, split = source.partition(":")
+    if name.count("/") != 1:
+        raise UserError(f"{source}: data file not found (and not a Hub dataset id like org/name[:split])")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline / missing dataset errors come in several types
+        raise UserError(f"dataset '{source}': cannot load from the Hugging Face Hub ({str(e).splitlines()[0][:160]});"
+                        " offline (HF_HUB_OFFLINE=1), download it and pass a local file instead") from None
+    return [Record(_plain(row), f"{source}:row {i + 1}") for i, row in enumerate(ds)]
+
+
+def _maybe_json(value: str) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars from Parquet → Python lists and scalars."""
+    if hasattr(value, "tolist"):
+        return _plain(value.tolist())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def detect_format(data: dict) -> str | None:
+    """The record shape of one raw record, or None."""
+    if "messages" in data:
+        return "messages"
+    if "conversations" in data:
+        return "sharegpt"
+    if "instruction" in data and "output" in data:
+        return "alpaca"
+    if "prompt" in data and "completion" in data:
+        return "prompt"
+    return None
+
+
+def to_conversation(record: Record) -> Conversation:
+    """Validate one record and normalize it to messages ending with an assistant turn."""
+    data, at = record.data, record.origin
+    fmt = detect_format(data)
+    if fmt == "messages":
+        messages = _messages(data["messages"], at, "messages")
+    elif fmt == "sharegpt":
+        turns = data["conversations"]
+        if not isinstance(turns, list):
+            raise UserError(f"{at}: field 'conversations': expected a list of {{from, value}} turns")
+        messages = []
+        for i, turn in enumerate(turns):
+            if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES:
+                raise UserError(f"{at}: field 'conversations[{i}].from': expected one of "
+                                f"{', '.join(SHAREGPT_ROLES)}, got {turn.get('from') if isinstance(turn, dict) else turn!r}")
+            messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")})
+        messages = _messages(messages, at, "conversations")
+    elif fmt == "alpaca":
+        instruction, extra = _text(data, "instruction", at), data.get("input") or ""
+        if not isinstance(extra, str):
+            raise UserError(f"{at}: field 'input': expected a string, got {type(extra).__name__}")
+        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": _text(data, "output", at)}]
+    elif fmt == "prompt":
+        prompt, completion = data["prompt"], data["completion"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        completion = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        if not isinstance(prompt, list) or not isinstance(completion, list):
+            raise UserError(f"{at}: fields 'prompt'/'completion': expected strings or lists of messages")
+        messages = _messages(prompt + completion, at, "prompt/completion")
+    else:
+        raise UserError(f"{at}: unrecognized record with keys {sorted(data)}; expected 'messages', "
+                        "'prompt'+'completion', Alpaca 'instruction'+'output', or ShareGPT 'conversations'")
+    if messages[-1]["role"] != "assistant":
+        raise UserError(f"{at}: field '{fmt}': missing assistant turn (the last message must be the assistant's)")
+    if not any(m["role"] == "user" for m in messages):
+        raise UserError(f"{at}: field '{fmt}': no user turn")
+    return Conversation(messages, at, fmt)
+
+
+def _text(data: dict, key: str, at: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{at}: field '{key}': expected a non-empty string, got {value!r:.60}")
+    return value
+
+
+def _messages(messages: Any, at: str, field: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{at}: field '{field}': expected a non-empty list of {{role, content}} messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            role = m.get("role") if isinstance(m, dict) else m
+            raise UserError(f"{at}: field '{field}[{i}].role': expected one of {', '.join(sorted(ROLES))}, got {role!r}")
+        if not isinstance(m.get("content"), str) or not m["content"].strip():
+            raise UserError(f"{at}: field '{field}[{i}].content': expected a non-empty string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def load_conversations(sources: Iterable[str]) -> tuple[list[Conversation], Counter]:
+    """Read and validate every record of every source; returns conversations and a count per format."""
+    conversations = [to_conversation(r) for s in sources for r in read_records(s)]
+    if not conversations:
+        raise UserError(f"{', '.join(sources)}: no records")
+    return conversations, Counter(c.format for c in conversations)
+
+
+def to_prompt_completion(conversation: Conversation) -> list[dict]:
+    """One prompt/completion record per assistant turn, so the loss covers every assistant turn and nothing else."""
+    rows, messages = [], conversation.messages
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and i > 0:
+            rows.append({"prompt": messages[:i], "completion": [m]})
+    return rows

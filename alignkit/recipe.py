@@ -1,0 +1,203 @@
+"""Recipe loading: one YAML file (+ `key.sub=value` overrides) into a stage's frozen dataclasses.
+
+Every problem ends in a UserError that names the file, the line, the key and what was expected;
+unknown keys also list the nearest valid names. Sections marked `passthrough` in their field
+metadata (e.g. `train:` → TRL's SFTConfig) keep their keys verbatim but are checked against the
+names the target class accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from alignkit.errors import UserError
+
+
+def load_recipe(path: str | Path, recipe_cls: type, overrides: Iterable[str] = ()) -> Any:
+    """Load the YAML at `path`, apply dotted overrides, and build `recipe_cls` from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: a recipe must be a mapping of sections (model:, data:, train: …)")
+    for item in overrides:
+        apply_override(data, item)
+    return build(recipe_cls, data, _Where(str(path), lines))
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`1e-4`, `true`, `[a, b]`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override '{item}': expected key.sub=value, e.g. train.num_train_epochs=1")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{item}': '{part}' is a value, not a section")
+        node = child
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node[parts[-1]] = _number(value)
+
+
+def build(cls: type, data: Any, where: "_Where", prefix: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where.at(prefix)}: section '{prefix}' must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise UserError(f"{where.at(_join(prefix, key))}: unknown key '{_join(prefix, key)}'{_nearest(key, fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = _join(prefix, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{where.at(prefix)}: missing required key '{dotted}' ({f.metadata.get('help', '')})")
+            continue
+        value, tp = data[name], hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = build(tp, value if value is not None else {}, where, dotted)
+        elif "passthrough" in f.metadata:
+            kwargs[name] = check_passthrough(value or {}, f.metadata["passthrough"], where, dotted)
+        else:
+            kwargs[name] = _coerce(value, tp, where, dotted)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # a section's own __post_init__ validation
+        raise UserError(f"{where.at(prefix)}: {e}") from None
+
+
+def check_passthrough(value: Any, valid: Callable[[], Iterable[str]], where: "_Where", dotted: str) -> dict:
+    """Keep a passthrough section verbatim, rejecting keys its target class does not accept."""
+    if not isinstance(value, dict):
+        raise UserError(f"{where.at(dotted)}: section '{dotted}' must be a mapping")
+    names = set(valid())
+    for key in value:
+        if key not in names:
+            raise UserError(f"{where.at(_join(dotted, key))}: unknown key '{_join(dotted, key)}'{_nearest(key, names)}")
+    return {k: _number(v) for k, v in value.items()}
+
+
+def to_dict(recipe: Any) -> dict:
+    """The resolved recipe as plain data, for manifests and fingerprints."""
+    return dataclasses.asdict(recipe)
+
+
+def help_text(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every field of a recipe class, recursively."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += help_text(tp, _join(prefix, f.name))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else "(see help)"
+            rows.append((_join(prefix, f.name), f.metadata.get("help", ""), default))
+    return rows
+
+
+class _Where:
+    """Maps a dotted key to `file:line` for error messages."""
+
+    def __init__(self, file: str, lines: dict[str, int]):
+        self.file, self.lines = file, lines
+
+    def at(self, dotted: str) -> str:
+        while dotted and dotted not in self.lines:
+            dotted = dotted.rpartition(".")[0]
+        line = self.lines.get(dotted)
+        return f"{self.file}:{line}" if line else self.file
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            dotted = _join(prefix, str(key_node.value))
+            lines[dotted] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, dotted))
+    return lines
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _nearest(key: str, names: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(key), sorted(names), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; valid keys: {', '.join(sorted(names))}"
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `2e-4` as a string; turn such strings into numbers."""
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(value: Any, tp: Any, where: _Where, dotted: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where, dotted)
+            except UserError as e:
+                errors.append(e)
+        raise errors[-1]
+    if origin in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else None
+        if items is None:
+            raise UserError(f"{where.at(dotted)}: '{dotted}' must be a list, got {value!r}")
+        coerced = [_coerce(v, args[0], where, dotted) for v in items] if args else list(items)
+        return tuple(coerced) if origin is tuple else coerced
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where.at(dotted)}: '{dotted}' must be a mapping, got {value!r}")
+        return value
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where.at(dotted)}: '{dotted}' must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        value = _number(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        value = _number(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise UserError(f"{where.at(dotted)}: '{dotted}' must be {tp.__name__}, got {value!r}")
