@@ -15,6 +15,8 @@ from alignkit.entry import add_recipe_args, guarded, run_recipe
 # name → (recipe class, run function, help): commands of the shape `alignkit NAME --config FILE …`
 RECIPE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("sft.config:SFTRecipe", "sft.train:run", "supervised fine-tuning into a LoRA/QLoRA adapter"),
+    "dpo": ("preference.config:DPORecipe", "preference.train:run", "DPO: refine an SFT adapter on preference pairs"),
+    "kto": ("preference.config:KTORecipe", "preference.train:run_kto", "KTO: refine an SFT adapter on thumbs up/down"),
 }
 
 # name → module with `register(subparsers)`: commands with their own sub-commands or arguments
