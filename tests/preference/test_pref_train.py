@@ -1,0 +1,94 @@
+"""The DPO and KTO stages end to end on a tiny random model: continuation of the parent, metrics, contracts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pref_helpers import make_parent
+
+import preference.train as train
+from alignkit import runs
+from alignkit.errors import TrainingFailed, UserError
+from alignkit.recipe import load_recipe
+from preference.config import DPORecipe, KTORecipe
+from preference.reference import check_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe(name, cls, model_dir, pairs_file, out, *overrides):
+    return load_recipe(ROOT / f"recipes/smollm2/{name}.yaml", cls, [
+        f"model.base={model_dir}", f"data.train={pairs_file}", "data.val_fraction=0.3", "data.near_dedup=false",
+        f"output.dir={out}", "tracking.backend=none", "train.max_steps=4", "train.eval_steps=2",
+        "train.save_steps=2", "train.logging_steps=1", "train.learning_rate=5e-3", *overrides])
+
+
+def lora_weights(adapter_dir):
+    from safetensors.torch import load_file
+
+    return load_file(Path(adapter_dir) / "adapter_model.safetensors")
+
+
+def registry_entry(run):
+    return runs.read_registry(run.root)["runs"][run.id]
+
+
+def test_dpo_continues_the_sft_adapter_and_records_held_out_metrics(sft_parent, tiny_model_dir, pairs_file):
+    result = train.run(recipe("dpo", DPORecipe, tiny_model_dir, pairs_file, sft_parent.root,
+                              f"model.adapter={sft_parent.adapter_dir}"))
+    m = result.manifest
+    assert m["status"] == "completed" and m["stage"] == "dpo" and m["parent"] == sft_parent.id
+    assert m["chat_template_sha256"] == sft_parent.manifest["chat_template_sha256"]
+    assert m["reference_check"]["passed"] and m["reference_check"]["max_abs_implicit_reward"] <= 1e-4
+    assert {"eval_preference_accuracy", "eval_reward_margin", "eval_loss", "train_loss"} <= set(m["metrics"])
+    assert m["best_checkpoint"]["metric"] == "eval_rewards/accuracies"
+    assert Path(m["best_checkpoint"]["checkpoint"]).name in ("checkpoint-2", "checkpoint-4")
+    rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+    evals = [r for r in rows if "eval_rewards/accuracies" in r]
+    assert len(evals) >= 2 and all("eval_rewards/margins" in r for r in evals)
+    before, after = lora_weights(sft_parent.adapter_dir), lora_weights(result.adapter_dir)
+    assert set(before) == set(after)  # the same adapter continued, not a new one (and no "ref" copy saved)
+    assert any((before[k] - after[k]).abs().max() > 0 for k in before)
+    assert registry_entry(sft_parent)["status"] == "completed"
+
+
+def test_kto_runs_on_pairs_split_into_thumbs(sft_parent, tiny_model_dir, pairs_file):
+    result = train.run_kto(recipe("kto", KTORecipe, tiny_model_dir, pairs_file, sft_parent.root,
+                                  f"model.adapter={sft_parent.adapter_dir}"))
+    m = result.manifest
+    assert m["status"] == "completed" and m["stage"] == "kto" and m["parent"] == sft_parent.id
+    assert m["reference_check"]["passed"] and "eval_reward_margin" in m["metrics"]
+
+
+def test_template_mismatch_names_both_hashes_and_leaves_the_parent_alone(tmp_path, tiny_model_dir, pairs_file):
+    parent = make_parent(tmp_path / "runs", tiny_model_dir, template_sha="ab" * 32)
+    before = registry_entry(parent)
+    with pytest.raises(UserError, match=r"chat template mismatch: the parent sft run .* abababab.*this dpo run's"):
+        train.run(recipe("dpo", DPORecipe, tiny_model_dir, pairs_file, parent.root, f"model.adapter={parent.adapter_dir}"))
+    assert registry_entry(parent) == before and list(runs.read_registry(parent.root)["runs"]) == [parent.id]
+
+
+def test_adapter_for_another_base_is_refused(sft_parent, pairs_file):
+    with pytest.raises(UserError, match="adapter was trained on .* but model.base is 'smollm2-135m-instruct'"):
+        train.run(recipe("dpo", DPORecipe, "smollm2-135m-instruct", pairs_file, sft_parent.root,
+                         f"model.adapter={sft_parent.adapter_dir}"))
+    assert list(runs.read_registry(sft_parent.root)["runs"]) == [sft_parent.id]
+
+
+def test_failed_reference_check_fails_the_run_not_the_parent(sft_parent, tiny_model_dir, pairs_file, monkeypatch):
+    def against_bare_base(trainer, *args):
+        trainer.model.delete_adapter("ref")  # TRL then scores the reference with adapters disabled
+        trainer.precompute_ref_logps = False
+        return check_reference(trainer, *args)
+
+    monkeypatch.setattr(train, "check_reference", against_bare_base)
+    before = registry_entry(sft_parent)
+    with pytest.raises(TrainingFailed, match="step-0 reference check failed"):
+        train.run(recipe("dpo", DPORecipe, tiny_model_dir, pairs_file, sft_parent.root,
+                         f"model.adapter={sft_parent.adapter_dir}"))
+    reg = runs.read_registry(sft_parent.root)["runs"]
+    (failed,) = [k for k in reg if k != sft_parent.id]
+    assert reg[failed]["status"] == "failed" and reg[failed]["parent"] == sft_parent.id
+    assert registry_entry(sft_parent) == before
