@@ -22,6 +22,7 @@ RECIPE_COMMANDS: dict[str, tuple[str, str, str]] = {
 # name → module with `register(subparsers)`: commands with their own sub-commands or arguments
 COMMAND_GROUPS: dict[str, str] = {
     "data": "alignkit.datacheck",
+    "collect": "collect.cli",
 }
 
 

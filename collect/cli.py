@@ -1,0 +1,286 @@
+"""`alignkit collect init|users|serve|export|stats` — the labeling workflow on the command line.
+
+The store URL comes from --store, else $ALIGNKIT_COLLECT_STORE, else the recipe's `store:` (--config), else
+sqlite:///runs/demo/collect.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+
+from alignkit.errors import UserError
+
+DEFAULT_STORE = "sqlite:///runs/demo/collect.db"
+PASSWORD_ENV = "ALIGNKIT_COLLECT_PASSWORD"
+
+
+def register(sub) -> None:
+    """Add `alignkit collect …` to the CLI."""
+    collect = sub.add_parser("collect", help="label preference pairs in a Gradio app; export them for DPO")
+    cmds = collect.add_subparsers(dest="collect_command", required=True, metavar="COMMAND")
+    build_commands(cmds)
+
+
+def build_commands(cmds) -> None:
+    def common(p, config=True):
+        p.add_argument("--store", help=f"store URL (default ${'{'}ALIGNKIT_COLLECT_STORE{'}'} or {DEFAULT_STORE})")
+        if config:
+            p.add_argument("--config", help="collect recipe, e.g. recipes/smollm2/collect.yaml")
+            p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = cmds.add_parser("init", help="create the store and load prompts (again: adds only new prompts)")
+    common(p)
+    p.add_argument("--prompts", help="prompts JSONL: {'prompt': [messages], 'category': …} per line")
+    p.add_argument("--gold", help="gold items JSONL: {'prompt': [...], 'chosen': …, 'rejected': …} per line")
+    p.set_defaults(handler=cmd_init)
+
+    users = cmds.add_parser("users", help="manage annotators and admins").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION")
+    p = users.add_parser("add", help="add a user (or reset their password/role); asks for the password")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    p.add_argument("--password-stdin", action="store_true", help=f"read the password from stdin (or set ${PASSWORD_ENV})")
+    common(p, config=False)
+    p.set_defaults(handler=cmd_users_add)
+    p = users.add_parser("list", help="list users and roles")
+    common(p, config=False)
+    p.set_defaults(handler=cmd_users_list)
+
+    p = cmds.add_parser("serve", help="run the labeling app (127.0.0.1 unless --host)")
+    common(p)
+    p.add_argument("--adapter", help="adapter under review (default: the recipe's model.adapter, else the base)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback exposes the app")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (explicit opt-in)")
+    p.add_argument("--no-generate", action="store_true", help="serve stored items only; no background worker")
+    p.set_defaults(handler=cmd_serve)
+
+    p = cmds.add_parser("export", help="write preference pairs (TRL conversational format) + KTO/SFT leftovers")
+    common(p)
+    p.add_argument("--out", required=True, help="pairs JSONL; .kto.jsonl, .sft.jsonl, .report.json and "
+                                                ".dataset/ are written next to it")
+    p.add_argument("--min-votes", type=int, help="drop items with fewer counted votes")
+    p.add_argument("--min-agreement", type=float, help="drop items whose majority share is below this (0–1)")
+    p.add_argument("--edited-as-chosen", action="store_true", default=None,
+                   help="an edited ideal answer of a majority voter becomes the chosen side")
+    p.add_argument("--no-dataset", action="store_true", help="skip the datasets.Dataset folder")
+    p.set_defaults(handler=cmd_export)
+
+    p = cmds.add_parser("stats", help="agreement, position bias, time on task, gold accuracy, self-consistency")
+    common(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=cmd_stats)
+
+
+def _recipe(args):
+    from alignkit.recipe import load_recipe
+    from collect.config import CollectRecipe
+
+    if getattr(args, "config", None):
+        return load_recipe(args.config, CollectRecipe, getattr(args, "overrides", None) or [])
+    if getattr(args, "overrides", None):
+        raise UserError("key.sub=value overrides need --config")
+    return None
+
+
+def _url(args, recipe=None) -> str:
+    return args.store or os.environ.get("ALIGNKIT_COLLECT_STORE") or (recipe.store if recipe else DEFAULT_STORE)
+
+
+def _store(args, recipe=None, **kw):
+    from collect.store import open_store
+
+    return open_store(_url(args, recipe), recipe, **kw)
+
+
+def cmd_init(args) -> int:
+    from collect.config import CollectRecipe
+
+    recipe = _recipe(args)
+    store = _store(args, recipe or CollectRecipe(), create=True, remember=True)
+    source = args.prompts or (recipe.prompts if recipe else None)
+    added = store.add_prompts(read_prompts(source)) if source else 0
+    gold = add_gold(store, args.gold) if args.gold else 0
+    print(f"store: {store.url}\nprompts added: {added} (total {len(store.prompts())})"
+          + (f"\ngold items added: {gold}" if args.gold else "")
+          + f"\nqueue: {store.overlap} votes per item, reservations expire after {store.reservation_s / 60:g} min")
+    return 0
+
+
+def read_prompts(path: str) -> list[dict]:
+    """Prompt records from any format alignkit.data reads; each needs `prompt`: a string or a message list."""
+    from alignkit.data import read_records
+
+    out = []
+    for rec in read_records(path):
+        prompt = rec.data.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            prompt = [{"role": "user", "content": prompt}]
+        if (not isinstance(prompt, list) or not prompt
+                or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)):
+            raise UserError(f"{rec.origin}: 'prompt' must be a string or a list of {{role, content}} messages")
+        if prompt[-1]["role"] != "user":
+            raise UserError(f"{rec.origin}: the prompt's last message must be the user's, got {prompt[-1]['role']!r}")
+        out.append({"prompt": prompt, "category": rec.data.get("category")})
+    return out
+
+
+def add_gold(store, path: str) -> int:
+    """Gold items: a known better (`chosen`) and worse (`rejected`) answer; stored as first/second."""
+    from alignkit.data import read_records
+    from collect.store import prompt_key
+
+    records, prompts = read_records(path), read_prompts(path)
+    store.add_prompts(prompts)
+    ids = {prompt_key(msgs): pid for pid, msgs in store.prompts()}
+    for rec, p in zip(records, prompts):
+        texts = []
+        for side in ("chosen", "rejected"):
+            value = rec.data.get(side)
+            if isinstance(value, list) and value and isinstance(value[-1], dict):
+                value = value[-1].get("content")
+            if not isinstance(value, str) or not value.strip():
+                raise UserError(f"{rec.origin}: gold items need '{side}' (a string or an assistant message list)")
+            texts.append(value)
+        store.add_item(ids[prompt_key(p["prompt"])], (texts[0], "gold", {}), (texts[1], "gold", {}),
+                       kind="gold", gold="first")
+    return len(records)
+
+
+def _password(args) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        raise UserError("the two passwords differ")
+    return first
+
+
+def cmd_users_add(args) -> int:
+    store = _store(args)
+    store.add_user(args.name, args.role, _password(args))
+    print(f"user {args.name} ({args.role}) saved in {store.url}")
+    return 0
+
+
+def cmd_users_list(args) -> int:
+    for u in _store(args).users():
+        print(f"{u['name']:24} {u['role']:10} {'active' if u['active'] else 'disabled'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from collect.config import CollectRecipe
+
+    recipe = _recipe(args) or CollectRecipe()
+    store = _store(args, recipe, remember=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: binding {args.host}: the app is reachable from other machines; use TLS in front of it",
+              file=sys.stderr)
+    serve(store, recipe, args.adapter, args.host, args.port, args.share, not args.no_generate)
+    return 0
+
+
+def serve(store, recipe, adapter, host, port, share=False, generate=True) -> None:
+    """Start the worker (if prompts still need items) and the HTTP server; blocks until Ctrl-C."""
+    import threading
+
+    import uvicorn
+
+    from alignkit.entry import quiet_libraries
+    from collect.export import ExportRules
+    from collect.server import create_app
+    from collect.worker import Worker, load_generators
+
+    quiet_libraries()
+    adapter = adapter or recipe.model.adapter
+    generator = f"{recipe.model.base}+{adapter}" if adapter else recipe.model.base
+    worker = Worker(store, recipe.generation, lambda: load_generators(recipe.model, adapter, recipe.generation))
+    if generate and worker.todo():
+        worker.start()
+        print(f"worker: generating candidates with {generator} (rival: {recipe.generation.rival or 'itself'})")
+    rules = ExportRules(recipe.export.min_votes, recipe.export.min_agreement, recipe.export.edited_as_chosen)
+    app = create_app(store, recipe.guidelines, generator, rules)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    print(f"collect: http://{'[' + host + ']' if ':' in host else host}:{port}/  (store {store.url})", flush=True)
+    if share:
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        import secrets
+
+        from gradio import networking
+
+        url = networking.setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+        print(f"share link (public, anyone with it reaches the login page): {url}", flush=True)
+        thread.join()
+    else:
+        server.run()
+    worker.stop.set()
+
+
+def cmd_export(args) -> int:
+    from collect.export import ExportRules, write
+
+    recipe = _recipe(args)
+    store = _store(args, recipe)
+    e = recipe.export if recipe else None
+    rules = ExportRules(
+        min_votes=args.min_votes if args.min_votes is not None else (e.min_votes if e else 1),
+        min_agreement=args.min_agreement if args.min_agreement is not None else (e.min_agreement if e else 0.0),
+        edited_as_chosen=args.edited_as_chosen if args.edited_as_chosen is not None
+        else (e.edited_as_chosen if e else False))
+    if not 0 <= rules.min_agreement <= 1:
+        raise UserError("--min-agreement: a share between 0 and 1")
+    report = write(store.dump(), args.out, rules, store.overlap, dataset=not args.no_dataset)
+    with store.write() as s:
+        store.audit(s, os.environ.get("USER", "cli"), "export", via="cli", out=str(args.out), pairs=report["pairs"])
+    print(f"pairs: {report['pairs']} → {args.out}")
+    print(f"kto rows: {report['kto']}  sft rows: {report['sft']}")
+    print("dropped: " + (", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"))
+    if "dataset" in report["files"]:
+        print(f"dataset: {report['files']['dataset']}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from collect.agreement import summarize
+
+    recipe = _recipe(args)
+    store = _store(args, recipe)
+    s = summarize(store.dump(), store.overlap)
+    if args.json:
+        print(json.dumps(s, indent=2, default=list))
+        return 0
+    f = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+    print(f"items: {s['items']} ready, {s['complete']} with {store.overlap} votes, {s['flagged']} flagged "
+          f"near-identical; votes: {s['votes']}  labels: {json.dumps(s['label_counts'])}")
+    print(f"Krippendorff's alpha (nominal, ties included): {f(s['krippendorff_alpha'])}   "
+          f"Fleiss' kappa ({s['fleiss']['items']} items with {store.overlap} votes): {f(s['fleiss']['kappa'])}")
+    print(f"\n{'annotator':16} {'votes':>6} {'skips':>6} {'median s':>9} {'left rate':>10} {'p(left)':>8} "
+          f"{'gold acc':>9} {'self-cons':>10}")
+    for user, a in s["annotators"].items():
+        print(f"{user:16} {a.get('votes', 0):6d} {a.get('skips', 0):6d} {f(a.get('median_s'), 1):>9} "
+              f"{f(a.get('left_rate')):>10} {f(a.get('p_value')):>8} {f(a.get('accuracy')):>9} "
+              f"{f(a.get('consistency')):>10}")
+    if s["pairs"]:
+        print(f"\n{'pair':34} {'items':>6} {'agree':>6} {'kappa':>7}")
+        for p in s["pairs"]:
+            print(f"{p['pair'][0] + ' / ' + p['pair'][1]:34} {p['items']:6d} {p['agreement']:6.2f} {f(p['kappa']):>7}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m collect …`: the same commands as `alignkit collect …`."""
+    from alignkit.entry import guarded
+
+    parser = argparse.ArgumentParser(prog="python -m collect", description=__doc__.splitlines()[0])
+    build_commands(parser.add_subparsers(dest="collect_command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return guarded(lambda: args.handler(args), args.debug)

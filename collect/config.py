@@ -1,0 +1,72 @@
+"""The collect recipe: which policy writes the candidates, how the queue hands them out, what annotators read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from alignkit.sections import ModelConfig
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    rival: str | None = field(
+        default=None,
+        metadata={"help": "Second answer's generator: null = a second sample of the policy under review; "
+                          "'base' = the base model without adapter; a path = another adapter (e.g. v1)."})
+    max_new_tokens: int = field(default=192, metadata={"help": "Longest candidate answer, in tokens."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of every candidate."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass of every candidate."})
+    seed: int = field(default=1234, metadata={"help": "Base seed; each batch gets seed + batch number."})
+    pairs_per_prompt: int = field(default=1, metadata={"help": "Candidate pairs (items) generated per prompt."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts generated per batch."})
+    ahead: int = field(default=16, metadata={"help": "Keep at least this many open items ready before annotators."})
+    near_duplicate: float = field(
+        default=0.9, metadata={"help": "Pairs at least this similar (difflib ratio, 0–1) are flagged and regenerated."})
+    max_attempts: int = field(default=3, metadata={"help": "Regenerations of a near-identical pair before giving up."})
+    threads: int = field(default=1, metadata={"help": "torch threads for the worker (leave cores to the server)."})
+
+    def __post_init__(self):
+        if not 0 < self.near_duplicate <= 1:
+            raise ValueError("generation.near_duplicate must be in (0, 1]")
+        if self.pairs_per_prompt < 1 or self.batch_size < 1 or self.max_attempts < 1:
+            raise ValueError("generation.pairs_per_prompt, batch_size and max_attempts must be at least 1")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    overlap: int = field(default=3, metadata={"help": "Independent votes (N) each item needs."})
+    reservation_minutes: float = field(
+        default=15.0, metadata={"help": "How long an item stays reserved for one annotator before it returns."})
+    repeat_every: int = field(
+        default=10, metadata={"help": "Every k-th generated item also gets a blind repeat (0 = none)."})
+    repeat_gap: int = field(
+        default=5, metadata={"help": "An annotator sees a repeat only after this many own votes since the original."})
+
+    def __post_init__(self):
+        if self.overlap < 1:
+            raise ValueError("queue.overlap must be at least 1")
+        if self.reservation_minutes <= 0:
+            raise ValueError("queue.reservation_minutes must be positive")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    min_votes: int = field(default=1, metadata={"help": "Items with fewer counted votes are not exported."})
+    min_agreement: float = field(
+        default=0.0, metadata={"help": "Share of votes that must agree with the majority (0–1)."})
+    edited_as_chosen: bool = field(
+        default=False, metadata={"help": "Use an annotator's edited ideal answer as the chosen side."})
+
+
+@dataclass(frozen=True)
+class CollectRecipe:
+    model: ModelConfig = field(default_factory=ModelConfig,
+                               metadata={"help": "Policy under review; model.adapter or --adapter picks the adapter."})
+    store: str = field(default="sqlite:///runs/demo/collect.db",
+                       metadata={"help": "Store URL: sqlite:///path (default) or postgresql://user@host/db."})
+    prompts: str = field(default="recipes/data/prompts.jsonl", metadata={"help": "Prompts loaded by `collect init`."})
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    guidelines: str = field(default="Pick the answer that is more helpful, honest and harmless.",
+                            metadata={"help": "Markdown shown to annotators next to every item."})

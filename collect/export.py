@@ -1,0 +1,152 @@
+"""Votes → preference pairs in TRL's conversational format, plus the leftovers useful for KTO and SFT.
+
+Rules (also in docs/collect.md):
+1. Only generated items (`kind: pair`) are exported; gold items and blind repeats only measure annotators.
+2. Skips are not votes. An item's counted votes are its labels: first, second, tie, both_bad.
+3. Majority: the label with the most votes; a tie between the top labels is "no majority" and dropped.
+4. `min_votes`: fewer counted votes → dropped. `min_agreement`: share of votes for the majority label
+   below it → dropped.
+5. Majority first/second → one pair: chosen = that answer, rejected = the other. With `edited_as_chosen`,
+   an edited ideal answer written by a voter of the majority (the most decisive, then the earliest) becomes
+   chosen instead, and the original winner is kept in metadata.
+6. Majority tie → dropped. Majority both_bad → no pair; both answers go to the KTO file as undesirable.
+7. Every non-empty edited ideal answer (from any kept or dropped item) goes to the SFT file, and to the KTO
+   file as desirable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from collect.agreement import LABELS, summarize
+
+STRENGTH = {"slight": 1, "clear": 2, "decisive": 3}
+
+
+@dataclass(frozen=True)
+class ExportRules:
+    min_votes: int = 1
+    min_agreement: float = 0.0
+    edited_as_chosen: bool = False
+
+
+def majority(labels: list[str]) -> tuple[str | None, float]:
+    """(label with the most votes or None on a tie at the top, share of votes for it)."""
+    if not labels:
+        return None, 0.0
+    (top, n), *rest = Counter(labels).most_common()
+    if rest and rest[0][1] == n:
+        return None, n / len(labels)
+    return top, n / len(labels)
+
+
+def build(dump: dict, rules: ExportRules) -> dict:
+    """Pairs, KTO rows, SFT rows and a report of what was dropped and why."""
+    items, prompts, cands = dump["items"], dump["prompts"], dump["candidates"]
+    votes_of: dict[int, list[dict]] = {}
+    for v in dump["votes"]:
+        if v["label"] in LABELS:
+            votes_of.setdefault(v["item"], []).append(v)
+    pairs, kto, sft = [], [], []
+    dropped: Counter = Counter()
+    for item_id in sorted(items):
+        item = items[item_id]
+        if item["kind"] != "pair" or item["status"] != "ready":
+            continue
+        votes = votes_of.get(item_id, [])
+        prompt = prompts[item["prompt_id"]]["messages"]
+        for v in votes:
+            if v["ideal"].strip():
+                sft.append({"messages": prompt + [{"role": "assistant", "content": v["ideal"]}],
+                            "metadata": {"item": item_id, "annotator": v["user"], "vote": v["id"]}})
+                kto.append(_kto(prompt, v["ideal"], True, item_id, "edited"))
+        if not votes:
+            dropped["no votes"] += 1
+            continue
+        label, share = majority([v["label"] for v in votes])
+        if len(votes) < rules.min_votes:
+            dropped["below min_votes"] += 1
+            continue
+        if label is None:
+            dropped["no majority"] += 1
+            continue
+        if share < rules.min_agreement:
+            dropped["below min_agreement"] += 1
+            continue
+        first, second = cands[item["first"]], cands[item["second"]]
+        if label == "both_bad":
+            kto += [_kto(prompt, c["text"], False, item_id, "both_bad") for c in (first, second)]
+            dropped["both bad"] += 1
+            continue
+        if label == "tie":
+            dropped["tie"] += 1
+            continue
+        won, lost = (first, second) if label == "first" else (second, first)
+        winners = [v for v in votes if v["label"] == label]
+        strengths = [STRENGTH[v["strength"]] for v in winners if v["strength"] in STRENGTH]
+        chosen_text, source = won["text"], "generated"
+        edits = sorted((v for v in winners if v["ideal"].strip()),
+                       key=lambda v: (-STRENGTH.get(v["strength"] or "", 0), v["id"]))
+        if rules.edited_as_chosen and edits:
+            chosen_text, source = edits[0]["ideal"], "edited"
+        mean = sum(strengths) / len(strengths) if strengths else None
+        pairs.append({
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen_text}],
+            "rejected": [{"role": "assistant", "content": lost["text"]}],
+            "metadata": {
+                "item": item_id, "votes": len(votes), "agreement": share,
+                "label_counts": json.dumps(dict(Counter(v["label"] for v in votes)), sort_keys=True),
+                "strength": _strength_name(mean), "strength_mean": mean,
+                "annotators": sorted({v["user"] for v in votes}),
+                "chosen_source": source, "chosen_generator": won["generator"],
+                "rejected_generator": lost["generator"], "original_chosen": won["text"],
+                "category": prompts[item["prompt_id"]]["category"] or "",
+            },
+        })
+    return {"pairs": pairs, "kto": kto, "sft": sft,
+            "report": {"pairs": len(pairs), "kto": len(kto), "sft": len(sft), "dropped": dict(dropped),
+                       "rules": rules.__dict__}}
+
+
+def _strength_name(mean: float | None) -> str:
+    if mean is None:
+        return ""
+    return min(STRENGTH, key=lambda k: abs(STRENGTH[k] - mean))
+
+
+def _kto(prompt: list, text: str, label: bool, item_id: int, source: str) -> dict:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": text}], "label": label,
+            "metadata": {"item": item_id, "source": source}}
+
+
+def write(dump: dict, out: str | Path, rules: ExportRules, overlap: int, dataset: bool = True) -> dict:
+    """Write OUT (pairs JSONL), OUT stem + .kto.jsonl / .sft.jsonl / .report.json, and a datasets folder."""
+    from alignkit.atomic import write_text
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = build(dump, rules)
+    stem = out.with_suffix("")
+    paths = {"pairs": out, "kto": stem.with_suffix(".kto.jsonl"), "sft": stem.with_suffix(".sft.jsonl")}
+    for key, path in paths.items():
+        write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result[key]))
+    report = dict(result["report"], agreement=_agreement(dump, overlap),
+                  files={k: str(p) for k, p in paths.items()})
+    if dataset and result["pairs"]:  # datasets cannot save a zero-row table; the empty JSONL says it all
+        import datasets
+
+        target = stem.with_suffix(".dataset")
+        datasets.Dataset.from_list(result["pairs"]).save_to_disk(str(target))
+        report["files"]["dataset"] = str(target)
+    write_text(stem.with_suffix(".report.json"), json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def _agreement(dump: dict, overlap: int) -> dict:
+    s = summarize(dump, overlap)
+    return {"krippendorff_alpha": s["krippendorff_alpha"], "fleiss": s["fleiss"]}
+

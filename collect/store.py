@@ -1,0 +1,627 @@
+"""The labeling store: SQLAlchemy tables, users and sessions, the reservation queue and idempotent votes.
+
+SQLite (WAL, synchronous=FULL) by default, PostgreSQL by URL. Every write is one transaction that takes the
+write lock up front (SQLite `BEGIN IMMEDIATE`; PostgreSQL row locks `FOR UPDATE`), so counting an item's
+reservations and adding one cannot interleave with another annotator doing the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint,
+                        create_engine, event, func, or_, select)
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
+
+from alignkit.errors import UserError
+
+ROLES = ("annotator", "admin")
+CHOICES = ("a", "b", "tie", "both_bad", "skip")
+STRENGTHS = ("slight", "clear", "decisive")
+SESSION_HOURS = 12
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LoginSession(Base):
+    __tablename__ = "sessions"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 of the messages: init is idempotent
+    messages: Mapped[list] = mapped_column(JSON)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Candidate(Base):
+    __tablename__ = "candidates"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    generator: Mapped[str] = mapped_column(String(512))
+    sampling: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Item(Base):
+    """One pair to judge. kind: pair (generated), gold (known answer: `first` is better), repeat (blind repeat)."""
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    first_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    second_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    kind: Mapped[str] = mapped_column(String(8), default="pair")
+    repeat_of: Mapped[int | None] = mapped_column(ForeignKey("items.id"), nullable=True)
+    gold: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    status: Mapped[str] = mapped_column(String(8), default="ready")  # ready | flagged (near-identical, never shown)
+    similarity: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Assignment(Base):
+    """A reservation: `open` until `expires_at`, then `voted` or `skipped`. One row per (item, annotator), ever."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("item_id", "user_id"), Index("ix_assign_item_state", "item_id", "state"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    left: Mapped[str] = mapped_column(String(8))  # which stored candidate was shown on the left: first | second
+    state: Mapped[str] = mapped_column(String(8), default="open")
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Vote(Base):
+    __tablename__ = "votes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(8))  # as shown: a (left) | b (right) | tie | both_bad | skip
+    label: Mapped[str | None] = mapped_column(String(8), nullable=True)  # stored order: first|second|tie|both_bad
+    strength: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    rationale: Mapped[str] = mapped_column(Text, default="")
+    ideal: Mapped[str] = mapped_column(Text, default="")
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # False once undone; the key stays taken
+
+
+class Meta(Base):
+    """Settings the store remembers between commands (the queue overlap N, for stats and export)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """An item as one annotator sees it: prompt, left and right answers, the key that makes its submit idempotent."""
+
+    assignment_id: int
+    item_id: int
+    prompt: list
+    left: str
+    right: str
+    idempotency_key: str
+    expires_at: float
+
+    def as_dict(self) -> dict:
+        return {"assignment_id": self.assignment_id, "item_id": self.item_id, "prompt": self.prompt,
+                "left": self.left, "right": self.right, "idempotency_key": self.idempotency_key,
+                "expires_at": self.expires_at}
+
+
+@dataclass(frozen=True)
+class Receipt:
+    vote_id: int
+    replay: bool  # True when this key was already stored: a retried or double-clicked submit
+    next: Shown | None = None
+
+
+class Conflict(Exception):
+    """A submit the queue refuses (expired and refilled reservation, someone else's item); HTTP 409."""
+
+
+def hash_password(password: str) -> str:
+    """argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile)."""
+    from argon2 import PasswordHasher
+
+    if len(password) < 8:
+        raise UserError("password: at least 8 characters")
+    return PasswordHasher().hash(password)
+
+
+def _verify(stored: str, password: str) -> bool:
+    from argon2 import PasswordHasher
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    try:
+        return PasswordHasher().verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY_HASH: list[str] = []
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def prompt_key(messages: list) -> str:
+    return _sha(json.dumps(messages, sort_keys=True, ensure_ascii=False))
+
+
+class Store:
+    """All reads and writes of the labeling data; safe to share between threads of one server."""
+
+    def __init__(self, url: str, overlap: int = 3, reservation_minutes: float = 15.0,
+                 repeat_every: int = 0, repeat_gap: int = 5, create: bool = False):
+        self.url = url
+        self.overlap, self.reservation_s = overlap, reservation_minutes * 60
+        self.repeat_every, self.repeat_gap = repeat_every, repeat_gap
+        self.sqlite = url.startswith("sqlite")
+        self._lock = threading.Lock()  # SQLite: one writer at a time in-process, no busy-wait backoff
+        self._rng = random.SystemRandom()
+        self.engine = _engine(url)
+        self._writer = self.engine.execution_options(alignkit_write=True)
+        if create:
+            Base.metadata.create_all(self.engine)
+        else:
+            self._check_schema()
+
+    def _check_schema(self) -> None:
+        try:
+            with self.read() as s:
+                s.execute(select(User.id).limit(1))
+        except OperationalError as e:
+            raise UserError(f"{self.url}: not an alignkit collect store (run `alignkit collect init` first): "
+                            f"{str(e.orig).splitlines()[0]}") from None
+
+    # ---- transactions -------------------------------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            yield s
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: committed on exit (durable before this returns), rolled back on error."""
+        lock = self._lock if self.sqlite else _NoLock
+        with lock, Session(self._writer, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    def audit(self, s: Session, user: str, action: str, **detail: Any) -> None:
+        s.add(Audit(at=time.time(), user=user, action=action, detail=detail))
+
+    def set_meta(self, **values: Any) -> None:
+        with self.write() as s:
+            for k, v in values.items():
+                row = s.get(Meta, k)
+                if row is None:
+                    s.add(Meta(key=k, value=json.dumps(v)))
+                else:
+                    row.value = json.dumps(v)
+
+    def meta(self, key: str, default: Any = None) -> Any:
+        with self.read() as s:
+            row = s.get(Meta, key)
+            return json.loads(row.value) if row else default
+
+    # ---- users and sessions ---------------------------------------------------------------------------
+
+    def add_user(self, name: str, role: str, password: str, by: str = "cli") -> None:
+        if role not in ROLES:
+            raise UserError(f"role '{role}': expected one of {', '.join(ROLES)}")
+        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UserError(f"user name '{name}': use 1–64 letters, digits, '-', '_' or '.'")
+        digest = hash_password(password)
+        with self.write() as s:
+            user = s.scalar(select(User).where(User.name == name))
+            if user is None:
+                s.add(User(name=name, role=role, password_hash=digest, active=True, created_at=time.time()))
+                self.audit(s, by, "user_add", name=name, role=role)
+            else:
+                user.role, user.password_hash, user.active = role, digest, True
+                self.audit(s, by, "user_update", name=name, role=role)
+
+    def users(self) -> list[dict]:
+        with self.read() as s:
+            return [{"name": u.name, "role": u.role, "active": u.active} for u in s.scalars(select(User))]
+
+    def check_password(self, name: str, password: str) -> dict | None:
+        """The user (name, role) when the password matches; a dummy hash keeps timing alike for unknown names."""
+        with self.read() as s:
+            user = s.scalar(select(User).where(User.name == name, User.active.is_(True)))
+            stored = user.password_hash if user else None
+        if stored is None:
+            if not _DUMMY_HASH:
+                _DUMMY_HASH.append(hash_password("not-a-real-password"))
+            _verify(_DUMMY_HASH[0], password)
+            return None
+        return {"name": user.name, "role": user.role} if _verify(stored, password) else None
+
+    def login(self, name: str, password: str) -> str | None:
+        """A new session token for a correct password, else None; the store keeps only its sha256."""
+        user = self.check_password(name, password)
+        with self.write() as s:
+            if user is None:
+                self.audit(s, name[:64], "login_failed")
+                return None
+            token = secrets.token_urlsafe(32)
+            uid = s.scalar(select(User.id).where(User.name == name))
+            now = time.time()
+            s.add(LoginSession(token_sha256=_sha(token), user_id=uid, created_at=now,
+                               expires_at=now + SESSION_HOURS * 3600))
+            self.audit(s, name, "login")
+        return token
+
+    def session_user(self, token: str | None) -> dict | None:
+        if not token:
+            return None
+        with self.read() as s:
+            row = s.execute(select(User.name, User.role).join(LoginSession, LoginSession.user_id == User.id)
+                            .where(LoginSession.token_sha256 == _sha(token), LoginSession.expires_at > time.time(),
+                                   User.active.is_(True))).first()
+        return {"name": row.name, "role": row.role} if row else None
+
+    def logout(self, token: str) -> None:
+        with self.write() as s:
+            sess = s.get(LoginSession, _sha(token))
+            if sess is not None:
+                s.delete(sess)
+
+    def role(self, name: str | None) -> str | None:
+        with self.read() as s:
+            return s.scalar(select(User.role).where(User.name == name, User.active.is_(True))) if name else None
+
+    # ---- prompts, candidates, items -------------------------------------------------------------------
+
+    def add_prompts(self, records: list[dict]) -> int:
+        """Insert prompts ({'prompt': [messages], 'category': …}); ones already stored are skipped."""
+        added = 0
+        with self.write() as s:
+            known = set(s.scalars(select(Prompt.key)))
+            for rec in records:
+                key = prompt_key(rec["prompt"])
+                if key not in known:
+                    s.add(Prompt(key=key, messages=rec["prompt"], category=rec.get("category")))
+                    known.add(key)
+                    added += 1
+            self.audit(s, "cli", "prompts_add", added=added)
+        return added
+
+    def prompts(self) -> list[tuple[int, list]]:
+        with self.read() as s:
+            return [(p.id, p.messages) for p in s.scalars(select(Prompt).order_by(Prompt.id))]
+
+    def add_item(self, prompt_id: int, first: tuple[str, str, dict], second: tuple[str, str, dict],
+                 similarity: float = 0.0, flagged: bool = False, kind: str = "pair", gold: str | None = None) -> int:
+        """Store two candidates (text, generator, sampling) and the item pairing them; maybe a blind repeat."""
+        now = time.time()
+        with self.write() as s:
+            c1, c2 = (Candidate(prompt_id=prompt_id, text=t, generator=g, sampling=smp, created_at=now)
+                      for t, g, smp in (first, second))
+            s.add_all([c1, c2])
+            s.flush()
+            item = Item(prompt_id=prompt_id, first_id=c1.id, second_id=c2.id, kind=kind, gold=gold,
+                        status="flagged" if flagged else "ready", similarity=similarity, created_at=now)
+            s.add(item)
+            s.flush()
+            if not flagged and kind == "pair" and self.repeat_every and item.id % self.repeat_every == 0:
+                s.add(Item(prompt_id=prompt_id, first_id=c1.id, second_id=c2.id, kind="repeat", repeat_of=item.id,
+                           status="ready", similarity=similarity, created_at=now))
+            if flagged:
+                self.audit(s, "worker", "pair_flagged", item=item.id, similarity=round(similarity, 4))
+            return item.id
+
+    def ready_counts(self) -> dict[int, int]:
+        """prompt id → number of shown-able generated items."""
+        with self.read() as s:
+            rows = s.execute(select(Item.prompt_id, func.count()).where(Item.status == "ready", Item.kind == "pair")
+                             .group_by(Item.prompt_id))
+            return {p: n for p, n in rows}
+
+    def item_count(self) -> int:
+        with self.read() as s:
+            return s.scalar(select(func.count()).select_from(Item)) or 0
+
+    def open_items(self) -> int:
+        """Items that still need votes: what the worker keeps ahead of the annotators."""
+        now = time.time()
+        with self.read() as s:
+            used = _used(now).where(Assignment.item_id == Item.id).scalar_subquery()
+            return s.scalar(select(func.count()).select_from(Item)
+                            .where(Item.status == "ready", Item.kind != "repeat", used < self.overlap)) or 0
+
+    # ---- the queue --------------------------------------------------------------------------------------
+
+    def next_item(self, user: str) -> Shown | None:
+        """The user's open reservation, or a new one on an item with room and never shown to them; None if done."""
+        with self.write() as s:
+            return self._next(s, self._user_id(s, user, lock=True), user)
+
+    def _user_id(self, s: Session, name: str, lock: bool = False) -> int:
+        q = select(User.id).where(User.name == name, User.active.is_(True))
+        uid = s.scalar(q.with_for_update() if lock and not self.sqlite else q)
+        if uid is None:
+            raise Conflict(f"unknown user {name!r}")
+        return uid
+
+    def _next(self, s: Session, uid: int, user: str) -> Shown | None:
+        now = time.time()
+        mine = s.scalar(select(Assignment).where(Assignment.user_id == uid, Assignment.state == "open",
+                                                 Assignment.expires_at > now).order_by(Assignment.id).limit(1))
+        if mine is not None:
+            return self._shown(s, mine)
+        used = _used(now).where(Assignment.item_id == Item.id).scalar_subquery()
+        seen = select(Assignment.id).where(Assignment.item_id == Item.id, Assignment.user_id == uid).exists()
+        orig = aliased(Vote)
+        orig_vote = (select(func.min(orig.id)).where(orig.item_id == Item.repeat_of, orig.user_id == uid,
+                                                     orig.active.is_(True), orig.label.is_not(None))
+                     .correlate(Item).scalar_subquery())
+        gap = (select(func.count(Vote.id)).where(Vote.user_id == uid, Vote.active.is_(True), Vote.label.is_not(None),
+                                                 Vote.id > orig_vote).correlate(Item).scalar_subquery())
+        repeat_ok = or_(Item.kind != "repeat", (orig_vote.is_not(None)) & (gap >= self.repeat_gap))
+        pick = (select(Item.id).where(Item.status == "ready", ~seen, used < self.overlap, repeat_ok)
+                .order_by(used.desc(), Item.id).limit(8))
+        for _attempt in range(500):
+            busy = 0
+            for item_id in s.scalars(pick).all():
+                if self.sqlite or self._lock_item(s, item_id, now):
+                    return self._reserve(s, uid, user, item_id, now)
+                busy += 1
+            if not busy:
+                return None
+            time.sleep(0.01)  # PostgreSQL: every candidate was being filled by someone else; look again
+        return None
+
+    def _lock_item(self, s: Session, item_id: int, now: float) -> bool:
+        """PostgreSQL: lock the item row (skipping one another annotator holds), then count its places again."""
+        if s.scalar(select(Item.id).where(Item.id == item_id).with_for_update(skip_locked=True)) is None:
+            return False
+        return s.scalar(_used(now).where(Assignment.item_id == item_id)) < self.overlap
+
+    def _reserve(self, s: Session, uid: int, user: str, item_id: int, now: float) -> Shown:
+        a = Assignment(item_id=item_id, user_id=uid, left=self._rng.choice(("first", "second")), state="open",
+                       created_at=now, expires_at=now + self.reservation_s)
+        s.add(a)
+        s.flush()
+        self.audit(s, user, "reserve", assignment=a.id, item=item_id, left=a.left)
+        return self._shown(s, a)
+
+    def _shown(self, s: Session, a: Assignment) -> Shown:
+        item = s.get(Item, a.item_id)
+        first, second = s.get(Candidate, item.first_id), s.get(Candidate, item.second_id)
+        left, right = (first, second) if a.left == "first" else (second, first)
+        prompt = s.get(Prompt, item.prompt_id).messages
+        return Shown(a.id, item.id, prompt, left.text, right.text, f"{a.id}-{uuid.uuid4().hex}", a.expires_at)
+
+    def submit(self, user: str, assignment_id: int, choice: str, idempotency_key: str, strength: str | None = None,
+               rationale: str = "", ideal: str = "", then_next: bool = True) -> Receipt:
+        """Record one vote in one transaction (and reserve the next item in it); a known key returns the first vote."""
+        if choice not in CHOICES:
+            raise Conflict(f"choice must be one of {', '.join(CHOICES)}")
+        if strength not in (None, "", *STRENGTHS):
+            raise Conflict(f"strength must be one of {', '.join(STRENGTHS)}")
+        if not idempotency_key or len(idempotency_key) > 128:
+            raise Conflict("idempotency_key: 1–128 characters")
+        try:
+            with self.write() as s:
+                return self._submit(s, user, assignment_id, choice, idempotency_key, strength or None,
+                                    rationale or "", ideal or "", then_next)
+        except IntegrityError:  # PostgreSQL: the same key committed by a concurrent retry between check and insert
+            with self.write() as s:
+                return self._replay(s, user, idempotency_key, then_next)
+
+    def _replay(self, s: Session, user: str, key: str, then_next: bool) -> Receipt:
+        vote = s.scalar(select(Vote).where(Vote.idempotency_key == key))
+        uid = self._user_id(s, user, lock=True)
+        if vote.user_id != uid:
+            raise Conflict("idempotency key belongs to another user")
+        return Receipt(vote.id, True, self._next(s, uid, user) if then_next else None)
+
+    def _submit(self, s, user, assignment_id, choice, key, strength, rationale, ideal, then_next) -> Receipt:
+        uid = self._user_id(s, user, lock=True)
+        if s.scalar(select(Vote.id).where(Vote.idempotency_key == key)) is not None:
+            return self._replay(s, user, key, then_next)
+        q = select(Assignment).where(Assignment.id == assignment_id)
+        a = s.scalar(q if self.sqlite else q.with_for_update())
+        if a is None or a.user_id != uid:
+            raise Conflict("no such reservation for this user")
+        if a.state != "open":
+            raise Conflict(f"this item was already {a.state}")
+        now = time.time()
+        if a.expires_at <= now and choice != "skip":
+            if not self.sqlite:
+                s.scalar(select(Item.id).where(Item.id == a.item_id).with_for_update())
+            others = s.scalar(_used(now).where(Assignment.item_id == a.item_id, Assignment.id != a.id))
+            if others >= self.overlap:
+                raise Conflict("reservation expired and the item was filled by others")
+        label = None if choice == "skip" else _label(choice, a.left)
+        vote = Vote(idempotency_key=key, assignment_id=a.id, item_id=a.item_id, user_id=uid, choice=choice,
+                    label=label, strength=strength if label in ("first", "second") else None, rationale=rationale,
+                    ideal=ideal, seconds=round(now - a.created_at, 3), created_at=now, active=True)
+        s.add(vote)
+        a.state = "skipped" if choice == "skip" else "voted"
+        s.flush()
+        self.audit(s, user, "vote", vote=vote.id, item=a.item_id, choice=choice, label=label)
+        return Receipt(vote.id, False, self._next(s, uid, user) if then_next else None)
+
+    def undo(self, user: str) -> Shown | None:
+        """Take back the user's last vote if it is their latest action; the item is theirs again to relabel."""
+        with self.write() as s:
+            uid = self._user_id(s, user, lock=True)
+            last = s.scalar(select(Vote).where(Vote.user_id == uid).order_by(Vote.id.desc()).limit(1))
+            if last is None or not last.active:
+                return None
+            last.active = False
+            a = s.get(Assignment, last.assignment_id)
+            now = time.time()
+            # The reservation handed out after the vote stays theirs; the undone item has the lower id, so it comes first
+            a.state, a.created_at, a.expires_at = "open", now, now + self.reservation_s
+            self.audit(s, user, "undo", vote=last.id, item=last.item_id)
+            return self._shown(s, a)
+
+    def progress(self, user: str) -> dict:
+        with self.read() as s:
+            uid = s.scalar(select(User.id).where(User.name == user))
+            counts = dict(s.execute(select(Vote.choice, func.count()).where(Vote.user_id == uid, Vote.active.is_(True))
+                                    .group_by(Vote.choice)).all())
+            total = s.scalar(select(func.count()).select_from(Item).where(Item.status == "ready")) or 0
+        done = sum(v for k, v in counts.items() if k != "skip")
+        return {"user": user, "votes": done, "skipped": counts.get("skip", 0), "items": total}
+
+    # ---- reading everything (stats, export) -------------------------------------------------------------
+
+    def dump(self) -> dict:
+        """Every item, candidate, prompt, user and active vote, for statistics and export."""
+        with self.read() as s:
+            users = {u.id: u.name for u in s.scalars(select(User))}
+            prompts = {p.id: {"messages": p.messages, "category": p.category} for p in s.scalars(select(Prompt))}
+            cands = {c.id: {"text": c.text, "generator": c.generator, "sampling": c.sampling}
+                     for c in s.scalars(select(Candidate))}
+            items = {i.id: {"prompt_id": i.prompt_id, "first": i.first_id, "second": i.second_id, "kind": i.kind,
+                            "repeat_of": i.repeat_of, "gold": i.gold, "status": i.status}
+                     for i in s.scalars(select(Item))}
+            lefts = {a.id: a.left for a in s.scalars(select(Assignment))}
+            votes = [{"id": v.id, "item": v.item_id, "user": users[v.user_id], "choice": v.choice, "label": v.label,
+                      "strength": v.strength, "rationale": v.rationale, "ideal": v.ideal, "seconds": v.seconds,
+                      "left": lefts[v.assignment_id], "at": v.created_at}
+                     for v in s.scalars(select(Vote).where(Vote.active.is_(True)).order_by(Vote.id))]
+        return {"users": users, "prompts": prompts, "candidates": cands, "items": items, "votes": votes}
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        with self.read() as s:
+            rows = s.scalars(select(Audit).order_by(Audit.id.desc()).limit(limit))
+            return [{"at": r.at, "user": r.user, "action": r.action, "detail": r.detail} for r in rows]
+
+
+class _NoLockType:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NoLock = _NoLockType()
+
+
+def _used(now: float):
+    """Assignments that hold one of an item's N places: voted, or reserved and not yet expired."""
+    return select(func.count(Assignment.id)).where(
+        or_(Assignment.state == "voted", (Assignment.state == "open") & (Assignment.expires_at > now)))
+
+
+def _label(choice: str, left: str) -> str:
+    """A shown choice in stored terms: 'a' is the left answer, which is `first` or `second` of the item."""
+    if choice in ("tie", "both_bad"):
+        return choice
+    right = "second" if left == "first" else "first"
+    return left if choice == "a" else right
+
+
+def _engine(url: str):
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=16, max_overflow=48)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is deferred and late)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged vote survives kill -9 and power loss
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # Writers take the database lock at BEGIN: count-then-insert never races another writer
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("alignkit_write") else "BEGIN")
+
+        return engine
+    if url.startswith("postgres"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError:
+            raise UserError("PostgreSQL store needs psycopg2: pip install alignkit[postgres]") from None
+        for plain in ("postgres://", "postgresql://"):  # SQLAlchemy 2.1 would pick psycopg 3 for a plain URL
+            if url.startswith(plain):
+                url = "postgresql+psycopg2://" + url[len(plain):]
+        return create_engine(url, pool_size=16, max_overflow=48, pool_pre_ping=True)
+    raise UserError(f"store '{url}': expected sqlite:///path or postgresql://user@host/db")
+
+
+def open_store(url: str, recipe=None, create: bool = False, remember: bool = False) -> Store:
+    """A Store with the queue settings of a CollectRecipe, else the ones the store remembers, else defaults.
+
+    `remember` writes the recipe's queue settings into the store (init and serve do), so that later
+    `stats`/`export` without a recipe count against the same N.
+    """
+    if url.startswith("sqlite:///") and create:
+        from pathlib import Path
+
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    store = Store(url, create=create)
+    if recipe is not None:
+        q = recipe.queue
+        settings = {"overlap": q.overlap, "reservation_minutes": q.reservation_minutes,
+                    "repeat_every": q.repeat_every, "repeat_gap": q.repeat_gap}
+        if remember:
+            store.set_meta(**settings)
+    else:
+        settings = {k: store.meta(k, getattr(store, k, None)) for k in ("overlap", "repeat_every", "repeat_gap")}
+        settings["reservation_minutes"] = store.meta("reservation_minutes", store.reservation_s / 60)
+    store.overlap, store.reservation_s = int(settings["overlap"]), float(settings["reservation_minutes"]) * 60
+    store.repeat_every, store.repeat_gap = int(settings["repeat_every"]), int(settings["repeat_gap"])
+    return store

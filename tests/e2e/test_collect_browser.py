@@ -1,0 +1,126 @@
+"""The real labeling app in headless Chromium: log in, label ten items (mouse and keys), undo, XSS, roles."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collect"))
+from collect_support import PASSWORD, Server, make_store, seed  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> **still markdown**'
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium")]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    url = f"sqlite:///{tmp}/c.db"
+    store = make_store(url, overlap=1)
+    seed(store, prompts=14, users=("alice", "admin1"),
+         text=lambda pid, k, side: (XSS if pid == 1 else f"Answer {'AB'[side]} to {pid}\n\n```python\nx = {pid}\n```"))
+    server = Server(url, tmp).start()
+    yield server, store
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def login(page, base, user):
+    page.goto(base + "/")
+    assert page.url.endswith("/login")
+    page.fill("#username", user)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_selector("#ak-a .ak-answer", timeout=30_000)
+
+
+def wait_votes(page, n):
+    page.wait_for_function(f"document.querySelector('#ak-progress').innerText.includes('· {n} votes')",
+                           timeout=15_000)
+
+
+def test_label_ten_items_with_mouse_and_keys_then_undo(app, browser):
+    server, store = app
+    page = browser.new_page()
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    login(page, server.base, "alice")
+
+    # item 1 carries an XSS payload on both sides: shown as text, nothing runs
+    assert "<script>window.__xss = 1</script>" in page.inner_text("#ak-a")
+    assert page.locator("#ak-a strong").inner_text() == "still markdown"
+    assert page.locator("#ak-a img, #ak-b img, #ak-a script, #ak-b script").count() == 0
+    assert page.evaluate("window.__xss") is None and dialogs == []
+
+    plan = [("a", "slight"), ("b", "clear"), ("tie", None), ("both_bad", None), ("a", "decisive"),  # mouse
+            ("b", None), ("a", None), ("tie", None), ("both_bad", None), ("b", None)]                 # keys
+    keys = {"a": "1", "b": "2", "tie": "t", "both_bad": "b"}
+    shown_items = []
+    for n, (choice, strength) in enumerate(plan, start=1):
+        shown_items.append(page.inner_text("#ak-prompt"))
+        if n <= 5:
+            page.click(f"#ak-choice input[value={choice}]")
+            if strength:
+                page.click(f"#ak-strength input[value={strength}]")
+            page.click("#ak-submit")
+        else:
+            page.keyboard.press(keys[choice])
+            page.keyboard.press("Enter")
+        wait_votes(page, n)
+        assert "recorded" in page.inner_text("#ak-status")
+    assert len(set(shown_items)) == 10
+
+    page.click("#ak-undo")
+    wait_votes(page, 9)
+    assert "is back" in page.inner_text("#ak-status") and page.inner_text("#ak-prompt") == shown_items[-1]
+    assert page.evaluate("window.__xss") is None and dialogs == []
+
+    votes = [v for v in store.dump()["votes"] if v["user"] == "alice"]
+    assert [v["choice"] for v in votes] == [c for c, _ in plan[:9]]
+    assert [v["strength"] for v in votes[:5]] == ["slight", "clear", None, None, "decisive"]
+    for v in votes:  # the stored label is the shown choice mapped through the recorded left side
+        if v["choice"] in ("a", "b"):
+            assert v["label"] == (v["left"] if v["choice"] == "a" else {"first": "second", "second": "first"}[v["left"]])
+    assert "undo" in [a["action"] for a in store.audit_log(500)]
+    page.close()
+
+
+def test_an_annotator_cannot_reach_admin_or_export(app, browser):
+    server, _ = app
+    page = browser.new_page()
+    login(page, server.base, "alice")
+    assert page.get_by_role("tab", name="Admin").count() == 0
+    for path in ("/api/v1/admin/export", "/api/v1/admin/stats"):
+        assert page.evaluate(f"fetch('{path}').then(r => r.status)") == 403
+        assert page.goto(server.base + path).status == 403
+    page.close()
+
+
+def test_admin_sees_progress_agreement_and_export(app, browser):
+    server, _ = app
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    login(page, server.base, "admin1")
+    page.get_by_role("tab", name="Admin").click()
+    page.wait_for_function("document.querySelector('#ak-admin-summary').innerText.includes('Agreement')",
+                           timeout=15_000)
+    assert "alice" in page.inner_text("body")
+    body = page.evaluate("fetch(document.querySelector('#ak-export').href).then(r => r.text())")
+    assert body.count('"chosen"') >= 1
+    ctx.close()
