@@ -92,3 +92,15 @@ def test_failed_reference_check_fails_the_run_not_the_parent(sft_parent, tiny_mo
     (failed,) = [k for k in reg if k != sft_parent.id]
     assert reg[failed]["status"] == "failed" and reg[failed]["parent"] == sft_parent.id
     assert registry_entry(sft_parent) == before
+
+
+@pytest.mark.parametrize("name, cls", [("dpo", DPORecipe), ("ipo", DPORecipe), ("robust-dpo", DPORecipe),
+                                       ("kto", KTORecipe)])
+def test_bundled_recipes_load(name, cls):
+    r = load_recipe(ROOT / f"recipes/smollm2/{name}.yaml", cls)
+    assert r.data.train == "recipes/data/dpo_demo.jsonl" and r.train["precompute_ref_log_probs"] is True
+
+
+def test_unknown_train_key_names_the_file_and_the_nearest_dpo_option():
+    with pytest.raises(UserError, match=r"dpo.yaml.*unknown key 'train.bta'.*'beta'"):
+        load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe, ["train.bta=0.2"])
