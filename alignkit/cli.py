@@ -17,6 +17,8 @@ RECIPE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("sft.config:SFTRecipe", "sft.train:run", "supervised fine-tuning into a LoRA/QLoRA adapter"),
     "dpo": ("preference.config:DPORecipe", "preference.train:run", "DPO: refine an SFT adapter on preference pairs"),
     "kto": ("preference.config:KTORecipe", "preference.train:run_kto", "KTO: refine an SFT adapter on thumbs up/down"),
+    "reward": ("reward.config:RewardRecipe", "reward.train:run", "reward model (LoRA + score head) from preference pairs, gated"),
+    "rlhf": ("reward.config:RLHFRecipe", "reward.rlhf:run", "RLHF (RLOO or GRPO) of an SFT adapter against a gated reward model"),
 }
 
 # name → module with `register(subparsers)`: commands with their own sub-commands or arguments

@@ -181,8 +181,9 @@ def load_model(model_cfg, *, sequence_classification: bool = False, num_labels: 
     # Record the canonical base id, so adapter_config.json names the model a user can load it onto.
     model.config._name_or_path = canonical_id(model_cfg.base)
     model.name_or_path = model.config._name_or_path  # peft reads this instance attribute, not the config
-    if getattr(model.generation_config, "pad_token_id", None) is None:
-        model.generation_config.pad_token_id = model.config.eos_token_id
+    generation = getattr(model, "generation_config", None)  # a sequence classifier has none
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = model.config.eos_token_id
     return model
 
 

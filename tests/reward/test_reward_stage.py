@@ -1,0 +1,135 @@
+"""Reward stage plumbing on the tiny random model: the score head survives save/load/merge, the gate is recorded
+and enforced, and bad input ends in one clear message with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from alignkit.entry import stage_main
+from alignkit.errors import UserError
+from alignkit.reward_model import RewardScorer
+from reward.config import RewardRecipe, RLHFRecipe
+from reward.rlhf import run as rlhf_run
+from reward.train import run as reward_run
+
+PROMPTS = [[{"role": "user", "content": "How do I bake bread?"}]] * 3 + [[{"role": "user", "content": "Hi"}]]
+REPLIES = ["Mix flour, water, salt and yeast; knead, rise, bake at 230 C.", "I can't help with that.", "Sure!", "Hello."]
+
+
+def _seq_cls_with_lora(base: str):
+    """The tiny model as a classifier with a SEQ_CLS LoRA whose weights (and score head) are far from init."""
+    import torch
+
+    from alignkit import models
+    from alignkit.sections import ModelConfig
+
+    tok, _ = models.load_tokenizer(base)
+    model = models.load_model(ModelConfig(base=base), sequence_classification=True, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    model = models.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, task_type="SEQ_CLS")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:  # lora_A/B and the trainable copy of `score`
+                p.copy_(torch.randn_like(p) * 0.5)
+    return model.eval(), tok
+
+
+def test_score_head_survives_save_load_and_merge(tiny_model_dir, tmp_path):
+    from alignkit import models
+
+    model, tok = _seq_cls_with_lora(tiny_model_dir)
+    before = RewardScorer(model, tok).score(PROMPTS, REPLIES, batch_size=3)
+    assert len(set(round(s, 4) for s in before)) > 1  # a trained-looking head, not a constant
+    models.save_adapter(model, tok, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+    unmerged = RewardScorer.from_adapter(tmp_path / "adapter", tiny_model_dir, merge=False).score(PROMPTS, REPLIES)
+    merged = RewardScorer.from_adapter(tmp_path / "adapter", tiny_model_dir, merge=True).score(PROMPTS, REPLIES, 2)
+    assert unmerged == pytest.approx(before, abs=1e-5)
+    assert merged == pytest.approx(before, rel=1e-3)  # W + BA folded in float32: rounding only
+
+    # Without the saved head the scores would be random: such an adapter is refused, not silently used.
+    config["modules_to_save"] = None
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="score head"):
+        RewardScorer.from_adapter(tmp_path / "adapter", tiny_model_dir)
+
+
+def test_reward_run_records_heldout_metrics_and_gate(tiny_reward_run):
+    m = tiny_reward_run.manifest
+    assert m["status"] == "completed" and m["stage"] == "reward"
+    assert m["heldout"]["n"] == 35 and len(m["heldout"]["calibration"]) == 4
+    assert m["metrics"]["reload_max_abs_diff"] < 1e-4
+    gate = m["reward_gate"]
+    assert gate["passed"] is False and gate["alpha"] == 1e-6 and 0 <= gate["p_value"] <= 1
+    assert (tiny_reward_run.path / "calibration.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in tiny_reward_run.metrics_path.read_text().splitlines()]
+    assert any("heldout/accuracy" in r for r in rows) and any("loss" in r for r in rows)
+
+
+def test_failed_gate_is_refused(tiny_reward_run, tiny_model_dir, capsys):
+    with pytest.raises(UserError, match="failed its gate"):
+        RewardScorer.load(tiny_reward_run.path)
+    scorer = RewardScorer.load(tiny_reward_run.path / "adapter", allow_failed_gate=True)
+    assert len(scorer.score(PROMPTS, REPLIES)) == 4
+    code = stage_main("python -m reward.rlhf", RLHFRecipe, rlhf_run, [
+        "--config", "recipes/smollm2/rlhf.yaml", f"model.base={tiny_model_dir}", "model.adapter=null",
+        f"reward.model={tiny_reward_run.path}", "tracking.backend=none", "output.dir=unused"])
+    assert code == 2 and "failed its gate" in capsys.readouterr().err
+
+
+def test_too_few_heldout_pairs(tiny_model_dir, tmp_path, capsys, reward_args):
+    code = stage_main("python -m reward", RewardRecipe, reward_run,
+                      reward_args(tiny_model_dir, tmp_path, "data.val_fraction=0.02"))
+    err = capsys.readouterr().err
+    assert code == 2 and "held-out pairs" in err and "data.val_fraction" in err
+    assert not list(tmp_path.glob("reward-*"))  # refused before a run was started
+
+
+def test_reward_model_without_chat_template(tiny_reward_run, tiny_model_dir, tmp_path, capsys):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_reward_run.adapter_dir, adapter)  # an adapter alone: no manifest, no gate to check
+    (adapter / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((adapter / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (adapter / "tokenizer_config.json").write_text(json.dumps(config))
+    code = stage_main("python -m reward.rlhf", RLHFRecipe, rlhf_run, [
+        "--config", "recipes/smollm2/rlhf.yaml", f"model.base={tiny_model_dir}", "model.adapter=null",
+        f"reward.model={adapter}", "tracking.backend=none", f"output.dir={tmp_path}"])
+    assert code == 2 and "no chat template" in capsys.readouterr().err
+
+
+def test_reward_model_with_another_tokenizer_scores_policy_text(tmp_path):
+    """A reward model whose vocabulary shares nothing with the policy's: the scorer re-renders text with its own."""
+    import torch
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from alignkit import models
+    from reward.rlhf import load_reward
+
+    words = " ".join(REPLIES + [m["content"] for p in PROMPTS for m in p])
+    tk = Tokenizer(tk_models.WordLevel(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "</s>", "<|u|>", "<|a|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    tok.chat_template = ("{% for m in messages %}{{ '<|u|>' if m.role == 'user' else '<|a|>' }}{{ m.content }}</s>"
+                         "{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}")
+    base = tmp_path / "other-base"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(base)
+    tok.save_pretrained(base)
+    model, rm_tok = _seq_cls_with_lora(str(base))
+    models.save_adapter(model, rm_tok, tmp_path / "rm")
+
+    recipe = RLHFRecipe(reward=RLHFRecipe().reward.__class__(model=str(tmp_path / "rm")))
+    fn, info = load_reward(recipe)
+    scores = fn(prompts=PROMPTS, completions=[[{"role": "assistant", "content": r}] for r in REPLIES])
+    assert len(scores) == 4 and all(isinstance(s, float) for s in scores)
+    assert info["base"] == str(base) and info["gate"] is None
