@@ -24,7 +24,12 @@ RECIPE_COMMANDS: dict[str, tuple[str, str, str]] = {
 # name → module with `register(subparsers)`: commands with their own sub-commands or arguments
 COMMAND_GROUPS: dict[str, str] = {
     "data": "alignkit.datacheck",
+    "pipeline": "alignkit.pipeline",
+    "runs": "alignkit.registry",
+    "export": "alignkit.export",
+    "report": "alignkit.report",
     "collect": "collect.cli",
+    "eval": "eval.cli",  # registers `eval` (with `eval classify`) and `gate`
 }
 
 

@@ -52,7 +52,9 @@ def apply_override(data: dict, item: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"override '{item}': '{part}' is a value, not a section")
         node = child
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML 1.1 reads yes/no/on/off as booleans; on a command line `train.eval_strategy=no` means the string.
+    words = {"yes", "no", "on", "off", "y", "n"}
+    value = raw.strip() if raw.strip().lower() in words else (yaml.safe_load(raw) if raw.strip() else "")
     node[parts[-1]] = _number(value)
 
 

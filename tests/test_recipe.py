@@ -66,3 +66,10 @@ def test_section_validation_is_reported(tmp_path):
 def test_override_syntax_error():
     with pytest.raises(UserError, match="expected key.sub=value"):
         apply_override({}, "train.num_train_epochs")
+
+
+def test_yes_no_on_the_command_line_stay_strings():
+    data = {}
+    apply_override(data, "train.eval_strategy=no")
+    apply_override(data, "data.dedup=false")
+    assert data == {"train": {"eval_strategy": "no"}, "data": {"dedup": False}}

@@ -1,0 +1,257 @@
+"""The pipeline: base eval → SFT → gate → DPO → gate (→ reward → RLHF → gate) → promote.
+
+Top floor of the spine: it imports stages, hands each one its parent's outputs as recipe overrides,
+gates it with eval, and stops at the first failed gate. Re-running skips every stage whose recipe,
+inputs and parent are unchanged (the pipeline fingerprint in its manifest); a stage killed half-way
+resumes from its checkpoint through the stage's own `resume: auto`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from alignkit import registry, runs
+from alignkit.errors import TrainingFailed, UserError
+from alignkit.recipe import load_recipe, to_dict
+from alignkit.sections import TrackingConfig
+
+# stage kind → (recipe class, run function)
+STAGES = {
+    "sft": ("sft.config:SFTRecipe", "sft.train:run"),
+    "dpo": ("preference.config:DPORecipe", "preference.train:run"),
+    "kto": ("preference.config:KTORecipe", "preference.train:run_kto"),
+    "reward": ("reward.config:RewardRecipe", "reward.train:run"),
+    "rlhf": ("reward.config:RLHFRecipe", "reward.rlhf:run"),
+}
+POLICY_STAGES = {"sft", "dpo", "kto", "rlhf"}  # their adapter becomes the next stage's parent
+WAITING_FOR_LABELS = 3  # exit code: stopped on purpose, re-run after annotators have voted
+
+
+@dataclass(frozen=True)
+class CollectSource:
+    store: str = field(default="sqlite:///runs/demo/collect.db", metadata={"help": "The collect store URL."})
+    min_votes: int = field(default=1, metadata={"help": "Votes an item needs to become a pair."})
+    min_pairs: int = field(default=100, metadata={"help": "Pairs needed before the stage may run."})
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: Literal["sft", "dpo", "kto", "reward", "rlhf"] = field(metadata={"help": "Stage kind."})
+    recipe: str = field(metadata={"help": "The stage recipe YAML."})
+    gate: str | None = field(default=None, metadata={"help": "Gate YAML checked after the stage (policy stages)."})
+    pairs: str | None = field(default=None, metadata={"help": "Pairs file for dpo/kto/reward, or 'collect'."})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value overrides of the recipe."})
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    recipe: str = field(default="recipes/smollm2/eval.yaml", metadata={"help": "Eval recipe for base and stages."})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "Overrides (e.g. smaller suites)."})
+
+
+@dataclass(frozen=True)
+class PipelineRecipe:
+    name: str = field(default="demo", metadata={"help": "Pipeline name: the W&B group of all its stage runs."})
+    output: str = field(default="runs/demo", metadata={"help": "Run folder shared by every stage and the registry."})
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    collect: CollectSource = field(default_factory=CollectSource)
+    stages: list[dict] = field(default_factory=list, metadata={"help": "Stages in order, each a StageSpec."})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    promote: bool = field(default=True, metadata={"help": "Promote the last stage whose gate passed."})
+
+
+def _load(ref: str):
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def stage_specs(recipe: PipelineRecipe, source: str) -> list[StageSpec]:
+    """Validate every stage entry and the files it names, before anything trains."""
+    from alignkit.recipe import _Where, build
+
+    specs = []
+    for i, raw in enumerate(recipe.stages):
+        where = f"{source}: stages[{i}]"
+        if not isinstance(raw, dict) or raw.get("stage") not in STAGES:
+            got = raw.get("stage") if isinstance(raw, dict) else raw
+            raise UserError(f"{where}: unknown stage {got!r}; expected one of {', '.join(STAGES)}")
+        spec = build(StageSpec, raw, _Where(f"{source} stages[{i}]", {}))
+        for path in [spec.recipe] + [spec.gate] * bool(spec.gate) + [spec.pairs] * bool(spec.pairs and spec.pairs != "collect"):
+            if not Path(path).is_file():
+                raise UserError(f"{where}: file not found: {path}")
+        if spec.stage == "rlhf" and not any(s.stage == "reward" for s in specs) and not any(
+                o.startswith("reward.") for o in spec.overrides):
+            raise UserError(f"{where}: rlhf needs a reward stage before it (or a reward.model override)")
+        specs.append(spec)
+    if not specs:
+        raise UserError(f"{source}: stages: at least one stage is needed")
+    return specs
+
+
+class Pipeline:
+    """Runs a PipelineRecipe; every decision is printed and recorded in the registry."""
+
+    def __init__(self, recipe: PipelineRecipe, source: str):
+        self.recipe, self.source = recipe, source
+        self.specs = stage_specs(recipe, source)
+        self.root = Path(recipe.output)
+        from eval.config import EvalRecipe, GateRecipe
+
+        self.eval_recipe = load_recipe(recipe.eval.recipe, EvalRecipe, self._common(recipe.eval.overrides))
+        for spec in self.specs:  # load every recipe now: a typo fails before any training starts
+            self._stage_recipe(spec, parent=None, reward=None, pairs=None)
+            if spec.gate:
+                load_recipe(spec.gate, GateRecipe)
+
+    def _common(self, overrides: list[str]) -> list[str]:
+        t = self.recipe.tracking
+        return [*overrides, f"output.dir={self.recipe.output}", f"tracking.backend={t.backend}",
+                f"tracking.project={t.project}", f"tracking.group={self.recipe.name}", f"tracking.mode={t.mode}"]
+
+    def _stage_recipe(self, spec: StageSpec, parent: runs.Run | None, reward: runs.Run | None, pairs: str | None):
+        overrides = list(spec.overrides)
+        if parent is not None and spec.stage != "reward":
+            overrides.append(f"model.adapter={parent.adapter_dir}")
+        if pairs:
+            overrides.append(f"data.train={pairs}")
+        if reward is not None and spec.stage == "rlhf":
+            overrides.append(f"reward.model={reward.path}")
+        return load_recipe(spec.recipe, _load(STAGES[spec.stage][0]), self._common(overrides))
+
+    def run(self) -> int:
+        """Run every stage; returns the exit code (0 done, 1 a gate failed, 3 waiting for labels)."""
+        from eval import run_eval
+
+        print(f"pipeline {self.recipe.name}: {len(self.specs)} stages → {self.root}")
+        base_dir = self.root / "base" / "eval"
+        print("== base model: eval (cached across stages)")
+        run_eval(self.eval_recipe, None, base_dir)
+        parent: runs.Run | None = None
+        reward: runs.Run | None = None
+        passed: runs.Run | None = None
+        summary: list[dict[str, Any]] = []
+        for spec in self.specs:
+            pairs = spec.pairs
+            if pairs == "collect":
+                pairs = self._collected_pairs(parent)
+                if pairs is None:
+                    return WAITING_FOR_LABELS
+            stage_recipe = self._stage_recipe(spec, parent, reward, pairs)
+            fp = self._fingerprint(spec, stage_recipe, parent, reward)
+            run = self._completed(fp)
+            if run is not None:
+                print(f"== {spec.stage}: unchanged, reusing {run.id}")
+            else:
+                print(f"== {spec.stage}: training ({spec.recipe})")
+                try:
+                    run = _load(STAGES[spec.stage][1])(stage_recipe)
+                except TrainingFailed as e:
+                    print(f"pipeline stopped: {spec.stage} failed: {e}")
+                    return 1
+                run.update(pipeline={"name": self.recipe.name, "fingerprint": fp, "source": self.source})
+            row = {"stage": spec.stage, "run": run.id, "gate": None}
+            if spec.stage == "reward":
+                reward = run
+                row["gate"] = (run.manifest.get("reward_gate") or {}).get("verdict", "n/a")
+            else:
+                verdict = self._gate(spec, run, parent)
+                row["gate"] = verdict
+                parent = run
+                if verdict == "fail":
+                    summary.append(row)
+                    self._print_summary(summary, passed)
+                    print(f"pipeline stopped: the gate failed for {spec.stage} ({run.path / 'gate.json'})")
+                    return 1
+                if spec.stage in POLICY_STAGES:
+                    passed = run
+            summary.append(row)
+        if self.recipe.promote and passed is not None:
+            registry.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
+        self._print_summary(summary, passed)
+        from alignkit import report
+
+        path = report.write(self.root)
+        print(f"report: {path}")
+        return 0
+
+    def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
+        resolved = to_dict(stage_recipe)
+        work = {k: v for k, v in resolved.items() if k not in ("output", "tracking")}
+        files = resolved.get("data", {}).get("train") if isinstance(resolved.get("data"), dict) else None
+        files = [files] if isinstance(files, str) else list(files or [])
+        shas = {f: runs.sha256_file(f) for f in files if Path(f).is_file()}
+        gate = runs.sha256_file(spec.gate) if spec.gate else None
+        return runs.fingerprint(spec.stage, work, shas, parent.id if parent else None,
+                                reward.id if reward else None, gate)
+
+    def _completed(self, fp: str) -> runs.Run | None:
+        reg = runs.read_registry(self.root)
+        for run_id in sorted(reg["runs"], reverse=True):
+            path = self.root / run_id
+            if not (path / "manifest.json").is_file():
+                continue
+            run = runs.Run(path)
+            m = run.manifest
+            if m.get("pipeline", {}).get("fingerprint") == fp and run.status == "completed":
+                return run
+        return None
+
+    def _gate(self, spec: StageSpec, run: runs.Run, parent: runs.Run | None) -> str:
+        from eval import run_eval
+        from eval.gate import run_gate
+
+        if spec.gate is None:
+            return "none"
+        gate_file = run.path / "gate.json"
+        if run.manifest.get("gate") and gate_file.is_file() and (run.path / "eval" / "report.json").is_file():
+            print(f"   gate (recorded): {run.manifest['gate'].upper()}")
+            return run.manifest["gate"]
+        print(f"== {spec.stage}: eval of {run.id}")
+        run_eval(self.eval_recipe, str(run.adapter_dir), run.path / "eval")
+        run_gate(spec.gate, str(run.path), str(parent.path) if parent else None)
+        return runs.Run(run.path).manifest["gate"]
+
+    def _collected_pairs(self, parent: runs.Run | None) -> str | None:
+        """Export pairs from the collect store; None (with instructions) while too few votes exist."""
+        from collect.export import ExportRules, write
+        from collect.store import open_store
+
+        src, out = self.recipe.collect, self.root / "pairs.jsonl"
+        write(open_store(src.store).dump(), out, ExportRules(min_votes=src.min_votes), src.min_votes, dataset=False)
+        n = sum(1 for line in out.read_text().splitlines() if line.strip())
+        if n >= self.recipe.collect.min_pairs:
+            return str(out)
+        adapter = parent.adapter_dir if parent else "<adapter>"
+        print(f"pipeline waiting for labels: {n} pairs in {self.recipe.collect.store}, "
+              f"{self.recipe.collect.min_pairs} needed.\n"
+              f"  alignkit collect serve --config recipes/smollm2/collect.yaml --store {self.recipe.collect.store} "
+              f"--adapter {adapter}\n  then re-run: alignkit pipeline --config {self.source}")
+        return None
+
+    def _print_summary(self, summary: list[dict[str, Any]], passed: runs.Run | None) -> None:
+        print("\nstage    run                          gate")
+        for row in summary:
+            print(f"{row['stage']:<8} {row['run']:<28} {str(row['gate']).upper()}")
+        promoted = runs.read_registry(self.root).get("promoted")
+        print(f"promoted: {promoted or 'nothing'}")
+
+
+def run_pipeline(config: str, overrides: list[str]) -> int:
+    """`alignkit pipeline --config FILE`."""
+    from alignkit.entry import quiet_libraries
+
+    quiet_libraries()
+    recipe = load_recipe(config, PipelineRecipe, overrides)
+    return Pipeline(recipe, config).run()
+
+
+def register(sub) -> None:
+    """Add `alignkit pipeline` to the CLI."""
+    from alignkit.entry import add_recipe_args
+
+    p = sub.add_parser("pipeline", help="base eval → SFT → gate → DPO → gate (→ reward → RLHF) → promote")
+    add_recipe_args(p)
+    p.set_defaults(handler=lambda a: run_pipeline(a.config, a.overrides))

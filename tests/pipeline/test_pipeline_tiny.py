@@ -1,0 +1,113 @@
+"""The pipeline runner end to end on a tiny random model: gates, promotion, skip on re-run, resume, stops."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignkit import runs
+from alignkit.errors import UserError
+from alignkit.pipeline import run_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+LENIENT = {"checks": [{"metric": "harmful.refusal_rate", "reference": "parent", "margin": 1.0},
+                      {"metric": "mc.acc", "reference": "base", "margin": 1.0}]}
+IMPOSSIBLE = {"checks": [{"metric": "mc.acc", "reference": "absolute", "value": 2.0, "margin": 0.0}]}
+
+
+def write_yaml(path: Path, data) -> str:
+    path.write_text("# test recipe\n" + yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(ROOT)  # recipes name bundled data relative to the repo root
+    model = [f"model.base={tiny_model_dir}"]
+    eval_recipe = write_yaml(tmp_path / "eval.yaml", {
+        "model": {"base": tiny_model_dir},
+        "suites": [{"name": "harmful", "limit": 4}, {"name": "benign", "limit": 4}, {"name": "mc", "limit": 6},
+                   {"name": "passages", "limit": 3}],
+        "generation": {"max_new_tokens": 6, "batch_size": 8, "samples": 2},
+        "cache": {"enabled": True}, "tracking": {"backend": "none"}})
+    gates = {"lenient": write_yaml(tmp_path / "gate-ok.yaml", LENIENT),
+             "impossible": write_yaml(tmp_path / "gate-fail.yaml", IMPOSSIBLE)}
+
+    def pipeline(sft_gate="lenient", dpo_overrides=(), name="p.yaml"):
+        small = ["train.max_steps=2", "train.per_device_train_batch_size=2", "train.save_steps=1",
+                 "train.eval_steps=1", "train.logging_steps=1"]
+        return write_yaml(tmp_path / name, {
+            "name": "tiny", "output": str(tmp_path / "runs"),
+            "eval": {"recipe": eval_recipe},
+            "stages": [
+                {"stage": "sft", "recipe": "recipes/smollm2/sft.yaml", "gate": gates[sft_gate],
+                 "overrides": model + small[:-2] + ["train.eval_strategy=no"]},
+                {"stage": "dpo", "recipe": "recipes/smollm2/dpo.yaml", "gate": gates["lenient"],
+                 "pairs": "recipes/data/dpo_demo.jsonl", "overrides": model + small + list(dpo_overrides)}],
+            "tracking": {"backend": "none"}})
+
+    return pipeline, tmp_path / "runs"
+
+
+def run_ids(root: Path) -> list[str]:
+    return sorted(runs.read_registry(root)["runs"])
+
+
+def test_runs_gates_promotes_reports_and_skips_unchanged_stages(setup, capsys):
+    pipeline, root = setup
+    assert run_pipeline(pipeline(), []) == 0
+    ids = run_ids(root)
+    reg = runs.read_registry(root)
+    (sft,) = [i for i in ids if i.startswith("sft-")]
+    (dpo,) = [i for i in ids if i.startswith("dpo-")]
+    assert reg["promoted"] == dpo and reg["runs"][dpo]["parent"] == sft
+    assert reg["runs"][sft]["gate"] == "pass" and reg["runs"][dpo]["gate"] == "pass"
+    assert (root / "base" / "eval" / "report.json").is_file() and (root / dpo / "gate.json").is_file()
+    report = (root / "report" / "report.md").read_text()
+    assert "## Gates" in report and "suites.png" in report and (root / "report" / "suites.png").is_file()
+    capsys.readouterr()
+
+    assert run_pipeline(pipeline(), []) == 0  # unchanged: nothing retrained
+    assert run_ids(root) == ids
+    assert "unchanged, reusing" in capsys.readouterr().out
+
+    assert run_pipeline(pipeline(dpo_overrides=["train.beta=0.2"]), []) == 0  # a changed stage re-runs
+    after = run_ids(root)
+    assert len(after) == len(ids) + 1 and [i for i in after if i.startswith("sft-")] == [sft]
+
+
+def test_failed_gate_stops_before_the_next_stage(setup):
+    pipeline, root = setup
+    assert run_pipeline(pipeline(sft_gate="impossible"), []) == 1
+    ids = run_ids(root)
+    assert len(ids) == 1 and ids[0].startswith("sft-")
+    assert runs.read_registry(root)["runs"][ids[0]]["gate"] == "fail" and not runs.read_registry(root)["promoted"]
+
+
+def test_an_interrupted_stage_is_redone_and_completed_ones_are_kept(setup):
+    pipeline, root = setup
+    assert run_pipeline(pipeline(), []) == 0
+    (dpo,) = [i for i in run_ids(root) if i.startswith("dpo-")]
+    runs.Run(root / dpo).update(status="interrupted")  # as if killed half-way
+    assert run_pipeline(pipeline(), []) == 0
+    ids = run_ids(root)
+    assert len([i for i in ids if i.startswith("sft-")]) == 1
+    assert runs.Run(root / sorted(i for i in ids if i.startswith("dpo-"))[-1]).status == "completed"
+
+
+def test_bad_pipeline_recipes_fail_before_any_training(setup, tmp_path):
+    pipeline, root = setup
+    data = yaml.safe_load(Path(pipeline()).read_text())
+    data["stages"][1]["stage"] = "ppo"
+    with pytest.raises(UserError, match="unknown stage 'ppo'; expected one of sft, dpo"):
+        run_pipeline(write_yaml(tmp_path / "bad1.yaml", data), [])
+    data["stages"][1]["stage"] = "dpo"
+    data["stages"][1]["pairs"] = "recipes/data/missing.jsonl"
+    with pytest.raises(UserError, match="file not found: recipes/data/missing.jsonl"):
+        run_pipeline(write_yaml(tmp_path / "bad2.yaml", data), [])
+    data["stages"][1]["pairs"] = "recipes/data/dpo_demo.jsonl"
+    data["stages"][0]["overrides"].append("train.no_such_knob=1")
+    with pytest.raises(UserError, match="unknown key 'train.no_such_knob'"):
+        run_pipeline(write_yaml(tmp_path / "bad3.yaml", data), [])
+    assert not root.exists()
