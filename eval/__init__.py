@@ -1,1 +1,15 @@
-"""alignkit stage: eval."""
+"""alignkit stage: eval — suites, refusal detector, gates and reports.
+
+Python API (what the pipeline calls):
+    eval.run_eval(recipe, adapter, out_dir) -> report dict
+    eval.gate.decide(candidate_report, references, gate_recipe) -> verdict dict
+"""
+
+from __future__ import annotations
+
+
+def run_eval(recipe, adapter: str | None, out_dir) -> dict:
+    """Evaluate an EvalRecipe's suites on base, prompted base and adapter; write the report into out_dir."""
+    from eval.runner import run_eval as _run
+
+    return _run(recipe, adapter, out_dir)
