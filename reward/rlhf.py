@@ -89,7 +89,7 @@ def run(recipe: RLHFRecipe) -> Run:
                         "KL, so the ceiling could not be enforced (set train.beta > 0 or rlhf.kl_ceiling: null)")
     tokenizer, template_sha = models.load_tokenizer(recipe.model.base, recipe.model.revision,
                                                     recipe.model.trust_remote_code)
-    tokenizer.padding_side = "left"  # TRL generates continuing the right end of every prompt
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues the right end
     parent = None
     if recipe.model.adapter:
         models.check_adapter_base(recipe.model.adapter, recipe.model.base)
@@ -128,6 +128,7 @@ def run(recipe: RLHFRecipe) -> Run:
             model.delete_adapter("ref")
         model.set_adapter("default")
         after = mean_reward(model, tokenizer, reward_fn, probe, args.max_completion_length)
+        tokenizer.padding_side = saved_side  # the adapter's tokenizer as the SFT stage saved it
         models.save_adapter(model, tokenizer, opened.run.adapter_dir)
         summary = {
             "train_steps": result.global_step, "train_loss": result.training_loss,

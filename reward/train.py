@@ -40,6 +40,13 @@ def score_pairs(scorer: RewardScorer, pairs: list, batch_size: int) -> tuple[lis
     return scores[:len(pairs)], scores[len(pairs):]
 
 
+def pair_lengths(pairs: list, tokenizer) -> list[int]:
+    """Tokens of each pair's longer side: the Trainer's group_by_length sampler batches similar pairs together."""
+    texts = [tokenizer.apply_chat_template(p.prompt + side, tokenize=False) for p in pairs for side in (p.chosen, p.rejected)]
+    n = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [max(n[2 * i], n[2 * i + 1]) for i in range(len(pairs))]
+
+
 def plot_calibration(stats: dict, path) -> None:
     """Accuracy per |margin| bucket against the Bradley-Terry expectation, as a PNG."""
     import matplotlib
@@ -94,6 +101,7 @@ def run(recipe: RewardRecipe) -> Run:
         model = models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing,
                                    task_type="SEQ_CLS")
         train_ds, eval_ds = to_preference_dataset(prepared.splits["train"]), to_preference_dataset(heldout)
+        train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
         trainer = stage.build_trainer(RewardTrainer, model=model, args=args, train_dataset=train_ds,
                                       eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[opened.metrics])
         result = trainer.train(resume_from_checkpoint=opened.resume_from)

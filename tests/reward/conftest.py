@@ -21,10 +21,10 @@ REWARDS = textwrap.dedent('''
         return [_rng.random() for _ in completions]
 
 
-    def plain_start(prompts, completions, **kwargs):
-        """1 when the reply's first word is The/To/A/In (SmolLM2 samples that ~40% of the time on the demo prompts),
-        else 0: a single early decision with a strong group-relative signal, so a few RLOO steps move it."""
-        return [1.0 if (c[-1]["content"].split() or [""])[0] in ("The", "To", "A", "In") else 0.0 for c in completions]
+    def bread(prompts, completions, **kwargs):
+        """Share of the reply's words that are "bread": ~1/30 per word for the small-vocabulary model at start."""
+        words = [c[-1]["content"].split() for c in completions]
+        return [sum(w == "bread" for w in ws) / max(len(ws), 1) for ws in words]
 ''')
 
 
@@ -65,3 +65,38 @@ def tiny_reward_run(tiny_model_dir, tmp_path_factory, request) -> Run:
         monkey.undo()
     (path,) = [p for p in out.iterdir() if p.name.startswith("reward-")]
     return Run(path)
+
+
+WORDS = ("how do i bake bread make tea fix a bike what is the best way to learn python sure here you go "
+         "sorry cannot help with that mix flour water salt yeast").split()
+
+
+def small_vocab_model(out: Path, words=WORDS, seed: int = 0) -> str:
+    """A 1-layer chat model over a word-level vocabulary of ~40 words (its own tokenizer and chat template).
+
+    Small enough that RLOO moves it visibly in a few steps, and a tokenizer unlike SmolLM2's."""
+    import torch
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(tk_models.WordLevel(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator([" ".join(words)],
+                           trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "</s>", "<|u|>", "<|a|>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    tok.chat_template = ("{% for m in messages %}{{ '<|u|>' if m.role == 'user' else '<|a|>' }}{{ m.content }}</s>"
+                         "{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}")
+    torch.manual_seed(seed)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
+                                 bos_token_id=None, pad_token_id=tok.pad_token_id,
+                                 # std 0.15 (not 0.02): with tied embeddings the logit of a word is bounded by
+                                 # |h|·|e|, and 0.02 caps any word at ~5% however the policy learns
+                                 initializer_range=0.15, tie_word_embeddings=True)).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model_dir(tmp_path_factory) -> str:
+    return small_vocab_model(tmp_path_factory.mktemp("small-vocab-model"))

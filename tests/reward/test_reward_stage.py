@@ -103,33 +103,30 @@ def test_reward_model_without_chat_template(tiny_reward_run, tiny_model_dir, tmp
     assert code == 2 and "no chat template" in capsys.readouterr().err
 
 
-def test_reward_model_with_another_tokenizer_scores_policy_text(tmp_path):
+def test_reward_model_with_another_tokenizer_scores_policy_text(small_vocab_model_dir, tmp_path):
     """A reward model whose vocabulary shares nothing with the policy's: the scorer re-renders text with its own."""
-    import torch
-    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     from alignkit import models
     from reward.rlhf import load_reward
 
-    words = " ".join(REPLIES + [m["content"] for p in PROMPTS for m in p])
-    tk = Tokenizer(tk_models.WordLevel(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "</s>", "<|u|>", "<|a|>"]))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
-    tok.chat_template = ("{% for m in messages %}{{ '<|u|>' if m.role == 'user' else '<|a|>' }}{{ m.content }}</s>"
-                         "{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}")
-    base = tmp_path / "other-base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
-                                 pad_token_id=tok.pad_token_id)).save_pretrained(base)
-    tok.save_pretrained(base)
-    model, rm_tok = _seq_cls_with_lora(str(base))
+    model, rm_tok = _seq_cls_with_lora(small_vocab_model_dir)
     models.save_adapter(model, rm_tok, tmp_path / "rm")
 
     recipe = RLHFRecipe(reward=RLHFRecipe().reward.__class__(model=str(tmp_path / "rm")))
     fn, info = load_reward(recipe)
     scores = fn(prompts=PROMPTS, completions=[[{"role": "assistant", "content": r}] for r in REPLIES])
     assert len(scores) == 4 and all(isinstance(s, float) for s in scores)
-    assert info["base"] == str(base) and info["gate"] is None
+    assert len(set(scores)) > 1 and info["base"] == small_vocab_model_dir and info["gate"] is None
+
+
+@pytest.mark.slow
+def test_reward_model_beats_chance_on_the_demo_pairs(tmp_path, reward_args):
+    """The CPU recipe on the embedded model, cut to 12 steps (96 of the 195 training pairs): held-out pairwise
+    accuracy above 0.5 on the 35 held-out pairs, measured with the saved-and-reloaded model."""
+    args = reward_args("smollm2-135m-instruct", tmp_path, "train.max_steps=12", "data.near_dedup=true")
+    args = [a for a in args if not a.startswith(("lora.", "train.per_device_train_batch_size"))]
+    assert stage_main("python -m reward", RewardRecipe, reward_run, args) == 0
+    (path,) = tmp_path.glob("reward-*")
+    m = json.loads((path / "manifest.json").read_text())
+    print("held-out:", {k: m["heldout"][k] for k in ("accuracy", "mean_margin", "n")}, "gate:", m["reward_gate"])
+    assert m["heldout"]["n"] == 35 and m["heldout"]["accuracy"] > 0.5 and m["heldout"]["mean_margin"] > 0
+    assert m["metrics"]["reload_max_abs_diff"] < 1e-4

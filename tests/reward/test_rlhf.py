@@ -54,20 +54,41 @@ def test_train_key_of_the_other_algorithm_is_refused(tiny_model_dir, tmp_path, r
     assert code == 2 and "'scale_rewards' is not a RLOOConfig field" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_rloo_raises_mean_reward_on_the_embedded_model(tmp_path, rewards_module):
-    """SmolLM2 starts ~40% of its replies to the demo prompts with The/To/A/In; 8 RLOO steps reward exactly that.
-    Mean reward of the sampled completions, first 2 steps vs last 2 steps (16 samples each), must rise, and the
-    saved adapter must be the trained policy alone (the reference copy is dropped)."""
+def test_rloo_raises_mean_reward_on_the_training_prompts(small_vocab_model_dir, tmp_path, rewards_module):
+    """RLOO against a deterministic reward (share of words that are "bread") on a 1-layer model with a ~40-word
+    vocabulary: the mean sampled reward of the last 2 steps beats the first 2, and greedy replies to the training
+    prompts score higher after training than before. The saved adapter is the policy alone."""
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        '{"prompt": "%s"}\n' % p for p in ["how do i bake bread", "make tea", "fix a bike", "what is python"]))
     code = stage_main("python -m reward.rlhf", RLHFRecipe, rlhf_run, rlhf_args(
-        "smollm2-135m-instruct", tmp_path, f"{rewards_module}:plain_start", "rlhf.eval_prompts=0",
-        "rlhf.max_prompts=16", "rlhf.patience=2", "train.max_steps=8", "train.learning_rate=2.0e-4",
-        "train.max_completion_length=6", "train.num_generations=4", "train.per_device_train_batch_size=8"))
+        small_vocab_model_dir, tmp_path, f"{rewards_module}:bread", f"data.train={tmp_path / 'prompts.jsonl'}",
+        "data.val_fraction=0", "data.min_tokens=1", "rlhf.eval_prompts=4", "rlhf.kl_ceiling=null",
+        "rlhf.max_clipped_ratio=null", "train.max_steps=10", "train.learning_rate=0.1", "train.beta=0.01", "lora.r=8",
+        "train.max_completion_length=8", "train.num_generations=4", "train.per_device_train_batch_size=8"))
     assert code == 0
     run = _only_run(tmp_path)
-    rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines() if '"reward"' in line]
+    rows = [r for r in map(json.loads, run.metrics_path.read_text().splitlines()) if "reward" in r]
     first, last = [r["reward"] for r in rows[:2]], [r["reward"] for r in rows[-2:]]
     assert sum(last) / 2 > sum(first) / 2 + 0.1, (first, last)
+    metrics = run.manifest["metrics"]
+    assert metrics["greedy_reward_after"] > metrics["greedy_reward_before"], metrics
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and not (run.adapter_dir / "ref").exists()
     assert run.manifest["status"] == "completed"
+
+
+def test_grpo_completes_and_saves_the_policy_alone(tiny_model_dir, tmp_path, rewards_module):
+    """GRPO through the same stage: completes, logs KL to the reference, saves only the trained adapter."""
+    code = stage_main("python -m reward.rlhf", RLHFRecipe, rlhf_run, rlhf_args(
+        tiny_model_dir, tmp_path, f"{rewards_module}:noise", "rlhf.algorithm=grpo", "rlhf.eval_prompts=2",
+        "rlhf.max_prompts=4", "rlhf.kl_ceiling=null", "train.max_steps=2", "train.max_completion_length=8",
+        "train.num_generations=2", "train.per_device_train_batch_size=4", "train.scale_rewards=group"))
+    assert code == 0
+    run = _only_run(tmp_path)
+    m = run.manifest
+    assert m["status"] == "completed" and m["algorithm"] == "grpo" and m["metrics"]["train_steps"] == 2
+    assert m["metrics"]["greedy_reward_prompts"] == 2 and m["reward"] == {"function": f"{rewards_module}:noise"}
+    config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and not (run.adapter_dir / "ref").exists()
+    rows = [r for r in map(json.loads, run.metrics_path.read_text().splitlines()) if "kl" in r]
+    assert len(rows) == 2
