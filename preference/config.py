@@ -66,7 +66,9 @@ class ReferenceConfig:
     tolerance: float = field(
         default=1.0e-4, metadata={"help": "Step-0 check: the largest |implicit reward| β·(log π − log π_ref) "
                                           "allowed before training, when policy and reference must be equal."})
-    pairs: int = field(default=8, metadata={"help": "How many training pairs the step-0 check scores."})
+    pairs: int = field(default=8, metadata={"help": "How many training pairs the step-0 check scores when the "
+                                                    "reference is live; with precompute_ref_log_probs it scores "
+                                                    "TRL's first precompute batch (exact comparison)."})
 
     def __post_init__(self):
         if self.tolerance <= 0 or self.pairs < 1:

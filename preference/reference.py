@@ -70,15 +70,19 @@ def _precomputed(trainer, batch):
 
 
 def check_reference(trainer, n_rows: int = 8, tolerance: float = 1e-4) -> ReferenceCheck:
-    """Score the first `n_rows` training rows with policy and reference; raise TrainingFailed if they differ.
+    """Score the first training rows with policy and reference; raise TrainingFailed if they differ.
 
-    Uses the first rows in dataset order with the trainer's own collator, so with precomputed reference
-    log-probs the batch is the one TRL precomputed (same padding, same kernels): an exact comparison.
+    With precomputed reference log-probs the rows are TRL's first precompute batch, collated by the
+    trainer's own collator (same padding, same kernels): an exact comparison. Otherwise the first
+    `n_rows` rows, with the reference computed live as in training.
     """
     import torch
 
     dataset = trainer.train_dataset
-    n = min(n_rows, len(dataset), trainer.args.precompute_ref_batch_size or trainer.args.per_device_train_batch_size)
+    if trainer.precompute_ref_logps:  # exactly TRL's first precompute batch: same rows, same padding
+        n = min(len(dataset), trainer.args.precompute_ref_batch_size or trainer.args.per_device_train_batch_size)
+    else:
+        n = min(n_rows, len(dataset))
     rows = [dataset[i] for i in range(n)]
     batch = trainer._prepare_inputs(trainer.data_collator(rows))
     model = trainer.model

@@ -68,8 +68,12 @@ def _train(trainer, opened, recipe, eval_keys: dict[str, str]) -> Run:
     summary = {"train_loss": result.training_loss, "train_steps": result.global_step,
                "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1)}
     if trainer.eval_dataset is not None:
-        final = trainer.evaluate()
-        stage.check_finite(opened)
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+        if evals and evals[-1].get("step") == trainer.state.global_step:
+            final = evals[-1]  # the last step was just evaluated; a second pass would give the same numbers
+        else:
+            final = trainer.evaluate()
+            stage.check_finite(opened)
         summary.update({name: final[key] for name, key in eval_keys.items() if key in final})
     best = {"checkpoint": trainer.state.best_model_checkpoint, "metric": trainer.args.metric_for_best_model,
             "value": trainer.state.best_metric}

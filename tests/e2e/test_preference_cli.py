@@ -62,11 +62,11 @@ def test_dpo_on_the_embedded_model_raises_held_out_preference_accuracy(tmp_path)
               "data.val_fraction=0", "data.test_fraction=0", "train.save_steps=1000")
     assert sft.returncode == 0, sft.stderr[-2000:]
     (sft_run,) = out.glob("sft-*")
-    pairs = demo_subset(tmp_path / "pairs.jsonl", per_kind=20)
+    pairs = demo_subset(tmp_path / "pairs.jsonl", per_kind=10)
     dpo = cli("-m", "alignkit.cli", "dpo", "--config", str(ROOT / "recipes/smollm2/dpo.yaml"),
               f"model.adapter={sft_run / 'adapter'}", f"data.train={pairs}", "data.val_fraction=0.25",
-              f"output.dir={out}", "tracking.backend=none", "train.max_steps=6", "train.eval_steps=3",
-              "train.save_steps=3", "train.learning_rate=2e-4", "train.eval_on_start=true")
+              f"output.dir={out}", "tracking.backend=none", "train.max_steps=2", "train.eval_steps=2",
+              "train.save_steps=2", "train.learning_rate=3e-4", "train.warmup_steps=0", "train.eval_on_start=true")
     assert dpo.returncode == 0, dpo.stderr[-2000:]
     (dpo_run,) = out.glob("dpo-*")
     manifest = json.loads((dpo_run / "manifest.json").read_text())

@@ -33,7 +33,7 @@ def test_right_reference_passes_with_zero_implicit_rewards(precompute, sft_paren
     assert set(model.peft_config) == {"default", "ref"}  # one base model, two adapters: policy and frozen copy
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".ref." in n)
     result = check_reference(trainer, n_rows=4, tolerance=1e-4)
-    assert result.passed and result.sequences == 8 and result.max_abs_reward <= 1e-4
+    assert result.passed and result.sequences == 8 and result.max_abs_reward <= 1e-4  # 4 pairs: 8 sequences
 
 
 def test_bare_base_reference_is_caught(sft_parent, tiny_model_dir, tmp_path):
