@@ -103,6 +103,13 @@ def test_write_files_and_dataset(tmp_path):
     assert len(rows) == 1 and set(rows[0]) == {"prompt", "chosen", "rejected", "metadata"}
     assert len((tmp_path / "out" / "pairs.kto.jsonl").read_text().splitlines()) == 3
     assert len((tmp_path / "out" / "pairs.sft.jsonl").read_text().splitlines()) == 1
+    from alignkit.data import Record
+    from alignkit.pairs import Pair, Thumb, parse_record
+
+    # the preference stage reads these files as they are: pairs, and KTO thumbs
+    assert isinstance(parse_record(Record(rows[0], "pairs.jsonl:1")), Pair)
+    for i, line in enumerate((tmp_path / "out" / "pairs.kto.jsonl").read_text().splitlines()):
+        assert isinstance(parse_record(Record(json.loads(line), f"pairs.kto.jsonl:{i + 1}")), Thumb)
     saved = json.loads((tmp_path / "out" / "pairs.report.json").read_text())
     assert saved["pairs"] == 1 and saved["rules"]["min_votes"] == 1 and report["files"]["dataset"]
     ds = datasets.load_from_disk(str(tmp_path / "out" / "pairs.dataset"))

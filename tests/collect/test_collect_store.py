@@ -191,3 +191,14 @@ def test_unknown_store_is_a_user_error(tmp_path):
         Store(f"sqlite:///{tmp_path}/none.db")
     with pytest.raises(UserError, match="expected sqlite"):
         Store("mysql://x")
+
+
+def test_sqlite_runs_wal_and_synchronous_full_unless_asked(tmp_path):
+    """journal_mode WAL; synchronous 2 = FULL (fsync per commit), 1 = NORMAL (opt-in via the URL)."""
+    for query, level in (("", 2), ("?synchronous=normal", 1)):
+        store = Store(f"sqlite:///{tmp_path}/s{level}.db{query}", create=True)
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+    with pytest.raises(UserError, match="only \\?synchronous"):
+        Store(f"sqlite:///{tmp_path}/x.db?cache=shared")

@@ -113,14 +113,17 @@ def test_an_annotator_cannot_reach_admin_or_export(app, browser):
 
 
 def test_admin_sees_progress_agreement_and_export(app, browser):
-    server, _ = app
+    server, store = app
+    store.add_user("carol", "annotator", PASSWORD)  # one vote of her own: the test does not rely on the others
+    shown = store.next_item("carol")
+    store.submit("carol", shown.assignment_id, "b", shown.idempotency_key, "clear", then_next=False)
     ctx = browser.new_context()
     page = ctx.new_page()
     login(page, server.base, "admin1")
     page.get_by_role("tab", name="Admin").click()
     page.wait_for_function("document.querySelector('#ak-admin-summary').innerText.includes('Agreement')",
                            timeout=15_000)
-    assert "alice" in page.inner_text("body")
+    assert "carol" in page.inner_text("body")
     body = page.evaluate("fetch(document.querySelector('#ak-export').href).then(r => r.text())")
     assert body.count('"chosen"') >= 1
     ctx.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collect"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from collect_load import prepare_store, run_load  # noqa: E402
+from collect_load import make_sessions, prepare_store, run_load  # noqa: E402
 from collect_support import PASSWORD, Server  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
@@ -27,9 +27,10 @@ def test_acknowledged_votes_survive_kill_9(tmp_path):
     url = f"sqlite:///{tmp_path}/c.db"
     users = [f"a{i:02d}" for i in range(ANNOTATORS)]
     prepare_store(url, users, hash_password(PASSWORD), prompts=80, pairs=9, overlap=N)  # 720 items × 3
+    tokens = make_sessions(url, users)  # logins are tested elsewhere; 50 argon2 checks would cost ~15 s here
     server = Server(url, tmp_path).start()
     box: dict = {}
-    load = threading.Thread(target=lambda: box.update(res=run_load(server.base, users, PASSWORD, VOTES,
+    load = threading.Thread(target=lambda: box.update(res=run_load(server.base, users, tokens, VOTES,
                                                                    timeout_s=240)))
     try:
         load.start()
