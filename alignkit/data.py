@@ -224,3 +224,14 @@ def to_prompt_completion(conversation: Conversation) -> list[dict]:
         if m["role"] == "assistant" and i > 0:
             rows.append({"prompt": messages[:i], "completion": [m]})
     return rows
+
+
+def record_text(value: Any) -> str:
+    """Every string inside a record (any shape: SFT, pairs, KTO), joined; for n-gram decontamination."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(record_text(v) for k, v in value.items() if k != "role")
+    if isinstance(value, list):
+        return "\n".join(record_text(v) for v in value)
+    return ""

@@ -301,7 +301,7 @@ def _train_files(data: dict) -> list[str]:
 
 def decontamination(recipe: EvalRecipe, adapter: str | None, suites: list[Suite]) -> dict:
     """Items of every suite that share a 13-gram with the training data (recipe list, else the adapter run's)."""
-    from alignkit.data import load_conversations
+    from alignkit.data import read_records, record_text
 
     files = [str(f) for f in recipe.decontamination]
     if not files and adapter:  # the data the adapter's run trained on
@@ -315,10 +315,10 @@ def decontamination(recipe: EvalRecipe, adapter: str | None, suites: list[Suite]
                 files = _train_files((yaml.safe_load(Path(s.source).read_text()) or {}).get("data") or {})
     if not files:
         return {"train_files": [], "note": "no training data known (set decontamination: [files])", "suites": {}}
-    conversations, _ = load_conversations(files)
     grams: set = set()
-    for c in conversations:
-        grams |= curation.ngrams("\n".join(m["content"] for m in c.messages))
+    for f in files:  # SFT conversations, preference pairs or KTO rows alike
+        for record in read_records(f):
+            grams |= curation.ngrams(record_text(record.data))
     out = {}
     for suite in suites:
         hits = [i for i, text in _suite_texts(suite) if curation.ngrams(text) & grams]
