@@ -80,9 +80,9 @@ import sys
 from alignkit.recipe import load_recipe
 from reward.config import RLHFRecipe
 from reward.rlhf import run
-recipe_path, prompts_file, out, steps, max_len = sys.argv[1:6]
+recipe_path, prompts_file, out, steps, max_len, base = sys.argv[1:7]
 recipe = load_recipe(recipe_path, RLHFRecipe, [
-    "model.adapter=null", f"data.train={prompts_file}", "data.val_fraction=0", "data.test_fraction=0",
+    f"model.base={base}", "model.adapter=null", f"data.train={prompts_file}", "data.val_fraction=0", "data.test_fraction=0",
     "data.dedup=false", "data.near_dedup=false", "reward.model=null", "reward.function=bench_reward:reward_len",
     "rlhf.eval_prompts=0", f"train.max_steps={steps}", f"train.max_completion_length={max_len}",
     "train.learning_rate=5e-5", "train.save_strategy=\'no\'", "tracking.backend=none", f"output.dir={out}",
@@ -125,14 +125,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--completion-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="embedded alias or a local chat-model folder (same for both arms)")
     args = parser.parse_args()
 
     from alignkit.models import load_tokenizer, resolve
     from alignkit.sections import DataConfig
     from reward.prompts import load_prompts
 
-    model_dir = resolve("smollm2-135m-instruct")
-    tok, _ = load_tokenizer("smollm2-135m-instruct")
+    model_dir = resolve(args.model)
+    tok, _ = load_tokenizer(args.model)
     prompts = load_prompts(DataConfig(train=str(ROOT / "recipes/data/dpo_demo.jsonl"), val_fraction=0.0,
                                       near_dedup=False), tok).splits["train"][:args.prompts]
     work = Path(tempfile.mkdtemp(prefix="bench-rlhf-"))
@@ -143,7 +145,7 @@ def main() -> None:
 
     plain = summarize(run_arm(PLAIN, [model_dir, common[0], str(work / "plain"), *common[2:]], work))
     ours = summarize(run_arm(OURS, [str(ROOT / "recipes/smollm2/rlhf.yaml"), common[0], str(work / "ours"),
-                                    *common[2:]], work))
+                                    *common[2:], args.model], work))
     ratio = plain["step_s"] / ours["step_s"]
     rows = ["| arm | step (s) | generation (s) | reward (s) | generation share | generation tok/s | training tok/s |",
             "|---|---|---|---|---|---|---|"]
@@ -152,7 +154,7 @@ def main() -> None:
                     f"{a['gen_share']:.0%} | {a['gen_tok_s']:.0f} | {a['train_tok_s']:.0f} |")
     text = "\n".join([
         "## RLHF step (bench/rlhf_step.py)", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); SmolLM2-135M-Instruct, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); model {args.model}, "
         f"LoRA r=16 all-linear, RLOO, 8 completions per step (2 prompts x 4), up to {args.completion_tokens} new "
         f"tokens, beta 0.05, same rule reward; mean of steps 2..{args.steps}; {time.strftime('%Y-%m-%d %H:%M')}", "",
         *rows, "",
@@ -162,7 +164,8 @@ def main() -> None:
     print(text)
     out = ROOT / "bench" / "results" / "rlhf_step.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    with open(out, "a") as f:  # one section per run: keep earlier runs (other models, settings) for comparison
+        f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,11 @@ def run(recipe: RewardRecipe) -> Run:
         model.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last non-pad token
         args = stage.trl_args(RewardConfig, recipe.train, opened, recipe.tracking, REWARD_DEFAULTS)
         # SEQ_CLS makes peft train and save the new `score` head (modules_to_save) next to the LoRA weights.
-        model = models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing,
-                                   task_type="SEQ_CLS")
+        try:
+            model = models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing,
+                                       task_type="SEQ_CLS")
+        except ValueError as e:  # e.g. layers_to_transform past this model's depth
+            raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
         train_ds, eval_ds = to_preference_dataset(prepared.splits["train"]), to_preference_dataset(heldout)
         train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
         trainer = stage.build_trainer(RewardTrainer, model=model, args=args, train_dataset=train_ds,

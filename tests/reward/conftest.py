@@ -44,7 +44,7 @@ def reward_args():
 
 def tiny_reward_args(base: str, out: Path, *extra: str) -> list[str]:
     return ["--config", "recipes/smollm2/reward.yaml", f"model.base={base}", "lora.r=4", "lora.alpha=8",
-            "data.near_dedup=false", "tracking.backend=none", f"output.dir={out}", "train.max_steps=2",
+            "lora.layers_to_transform=null", "data.near_dedup=false", "tracking.backend=none", f"output.dir={out}", "train.max_steps=2",
             "train.per_device_train_batch_size=4", "train.logging_steps=1", "train.eval_strategy='no'", "train.save_strategy='no'", *extra]
 
 
