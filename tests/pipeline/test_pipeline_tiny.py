@@ -25,6 +25,9 @@ def write_yaml(path: Path, data) -> str:
 def setup(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.chdir(ROOT)  # recipes name bundled data relative to the repo root
     model = [f"model.base={tiny_model_dir}"]
+    sft_data, pairs = tmp_path / "sft.jsonl", tmp_path / "pairs.jsonl"  # small slices keep the test quick
+    sft_data.write_text("".join((ROOT / "recipes/data/sft_demo.jsonl").read_text().splitlines(True)[:40]))
+    pairs.write_text("".join((ROOT / "recipes/data/dpo_demo.jsonl").read_text().splitlines(True)[:40]))
     eval_recipe = write_yaml(tmp_path / "eval.yaml", {
         "model": {"base": tiny_model_dir},
         "suites": [{"name": "harmful", "limit": 4}, {"name": "benign", "limit": 4}, {"name": "mc", "limit": 6},
@@ -35,16 +38,16 @@ def setup(tmp_path, tiny_model_dir, monkeypatch):
              "impossible": write_yaml(tmp_path / "gate-fail.yaml", IMPOSSIBLE)}
 
     def pipeline(sft_gate="lenient", dpo_overrides=(), name="p.yaml"):
-        small = ["train.max_steps=2", "train.per_device_train_batch_size=2", "train.save_steps=1",
-                 "train.eval_steps=1", "train.logging_steps=1"]
+        small = ["train.max_steps=2", "train.per_device_train_batch_size=2", "train.save_steps=2",
+                 "train.eval_steps=2", "train.logging_steps=1"]
         return write_yaml(tmp_path / name, {
             "name": "tiny", "output": str(tmp_path / "runs"),
             "eval": {"recipe": eval_recipe},
             "stages": [
                 {"stage": "sft", "recipe": "recipes/smollm2/sft.yaml", "gate": gates[sft_gate],
-                 "overrides": model + small[:-2] + ["train.eval_strategy=no"]},
+                 "overrides": model + small[:3] + [f"data.train={sft_data}", "train.eval_strategy=no"]},
                 {"stage": "dpo", "recipe": "recipes/smollm2/dpo.yaml", "gate": gates["lenient"],
-                 "pairs": "recipes/data/dpo_demo.jsonl", "overrides": model + small + list(dpo_overrides)}],
+                 "pairs": str(pairs), "overrides": model + small + list(dpo_overrides)}],
             "tracking": {"backend": "none"}})
 
     return pipeline, tmp_path / "runs"
@@ -76,6 +79,15 @@ def test_runs_gates_promotes_reports_and_skips_unchanged_stages(setup, capsys):
     after = run_ids(root)
     assert len(after) == len(ids) + 1 and [i for i in after if i.startswith("sft-")] == [sft]
 
+    newest = sorted(i for i in after if i.startswith("dpo-"))[-1]
+    runs.Run(root / newest).update(status="interrupted")  # as if killed half-way: redone, SFT kept
+    assert run_pipeline(pipeline(dpo_overrides=["train.beta=0.2"]), []) == 0
+    final = run_ids(root)
+    assert len(final) == len(after) + 1 and [i for i in final if i.startswith("sft-")] == [sft]
+    redone = sorted(i for i in final if i.startswith("dpo-"))[-1]
+    assert redone != newest and runs.Run(root / redone).status == "completed"
+    assert runs.read_registry(root)["promoted"] == redone
+
 
 def test_failed_gate_stops_before_the_next_stage(setup):
     pipeline, root = setup
@@ -83,17 +95,6 @@ def test_failed_gate_stops_before_the_next_stage(setup):
     ids = run_ids(root)
     assert len(ids) == 1 and ids[0].startswith("sft-")
     assert runs.read_registry(root)["runs"][ids[0]]["gate"] == "fail" and not runs.read_registry(root)["promoted"]
-
-
-def test_an_interrupted_stage_is_redone_and_completed_ones_are_kept(setup):
-    pipeline, root = setup
-    assert run_pipeline(pipeline(), []) == 0
-    (dpo,) = [i for i in run_ids(root) if i.startswith("dpo-")]
-    runs.Run(root / dpo).update(status="interrupted")  # as if killed half-way
-    assert run_pipeline(pipeline(), []) == 0
-    ids = run_ids(root)
-    assert len([i for i in ids if i.startswith("sft-")]) == 1
-    assert runs.Run(root / sorted(i for i in ids if i.startswith("dpo-"))[-1]).status == "completed"
 
 
 def test_bad_pipeline_recipes_fail_before_any_training(setup, tmp_path):
