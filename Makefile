@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/alignkit pipeline --config recipes/smollm2/pipeline.yaml
+	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/alignkit pipeline --config recipes/smollm2/pipeline.yaml
 
 test: setup
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -162,20 +162,25 @@ class Pipeline:
                 parent = run
                 if verdict == "fail":
                     summary.append(row)
+                    self._promote(passed)  # the last stage that passed its gate; never the failed one
                     self._print_summary(summary, passed)
                     print(f"pipeline stopped: the gate failed for {spec.stage} ({run.path / 'gate.json'})")
                     return 1
                 if spec.stage in POLICY_STAGES:
                     passed = run
             summary.append(row)
-        if self.recipe.promote and passed is not None:
-            registry.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
+        self._promote(passed)
         self._print_summary(summary, passed)
         from alignkit import report
 
         path = report.write(self.root)
         print(f"report: {path}")
         return 0
+
+    def _promote(self, passed: runs.Run | None) -> None:
+        promoted = runs.read_registry(self.root).get("promoted")
+        if self.recipe.promote and passed is not None and promoted != passed.id:
+            registry.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
 
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
         resolved = to_dict(stage_recipe)
@@ -237,6 +242,27 @@ class Pipeline:
             print(f"{row['stage']:<8} {row['run']:<28} {str(row['gate']).upper()}")
         promoted = runs.read_registry(self.root).get("promoted")
         print(f"promoted: {promoted or 'nothing'}")
+        self._print_headline(summary)
+
+    def _print_headline(self, summary: list[dict[str, Any]]) -> None:
+        """What changed: the gated suites' headline metrics for base, prompted base and each stage."""
+        from alignkit.atomic import read_json
+        from alignkit.report import suite_table
+
+        base = read_json(self.root / "base" / "eval" / "report.json", None)
+        stages = [(row["stage"], read_json(self.root / row["run"] / "eval" / "report.json", None)) for row in summary]
+        table = suite_table(base, [(label, rep) for label, rep in stages if rep])
+        labels = ["base", "prompted"] + [label for label, rep in stages if rep]
+        rows = [m for m in HEADLINE if m in table]
+        if not rows:
+            return
+        print("\n" + f"{'metric':<28}" + "".join(f"{label:>10}" for label in labels))
+        for metric in rows:
+            cells = "".join(f"{table[metric][l]:>10.3f}" if l in table[metric] else f"{'-':>10}" for l in labels)
+            print(f"{metric:<28}{cells}")
+
+
+HEADLINE = ("harmful.refusal_rate", "benign.over_refusal_rate", "mc.acc", "passages.perplexity", "task.house_style")
 
 
 def run_pipeline(config: str, overrides: list[str]) -> int:

@@ -155,11 +155,11 @@ def _cache_key(model_key: dict, ad_sha: str | None, arm: str, recipe: EvalRecipe
 
 
 def _generate(policy: Policy, arm: str, conversations: list[list[dict]], recipe: EvalRecipe, progress: bool):
-    from eval.scoring import arm_context
+    from eval.scoring import generation_context
 
     model, tokenizer = policy.get()
     system = recipe.arms.system_prompt if arm == "prompted" else None
-    with arm_context(model, arm):
+    with generation_context(model, arm):
         return chat(model, tokenizer, conversations, Sampling(max_new_tokens=recipe.generation.max_new_tokens),
                     batch_size=recipe.generation.batch_size, system_prompt=system, progress=progress)
 

@@ -20,6 +20,24 @@ def arm_context(model, arm: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def generation_context(model, arm: str):
+    """arm_context for generation. The adapter arm generates with the LoRA weights folded into the base layers
+    (peft's merge_adapter, undone on exit): as fast as the bare base, where an unmerged LoRA adds ~35% per
+    token on CPU. Skipped for quantized bases, where folding into 4/8-bit weights would round them."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else None
+    quantized = getattr(base, "hf_quantizer", None) is not None or getattr(base, "is_loaded_in_4bit", False)
+    if arm != "adapter" or base is None or quantized:
+        with arm_context(model, arm):
+            yield
+        return
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
 def chat_context(tokenizer, question: str | list[dict], system_prompt: str | None = None) -> str:
     """The chat-formatted prompt (with the generation prompt) a continuation is scored after."""
     messages = [{"role": "user", "content": question}] if isinstance(question, str) else list(question)

@@ -81,3 +81,30 @@ def test_kl_is_zero_for_an_untrained_adapter_and_positive_otherwise(tiny_model_d
             p.data.normal_(0, 0.5)
     ((kl, n),) = score_kl(model, tokenizer, ["Hello there"], ["General Kenobi"])
     assert kl > 1e-4
+
+
+def test_adapter_arm_generates_with_merged_weights_and_restores_them(tiny_model_dir):
+    """generation_context folds the LoRA in for the adapter arm (same logits), then unfolds it exactly enough
+    that the adapter and the disabled-adapter (base) outputs are what they were."""
+    from peft import LoraConfig, get_peft_model
+
+    from eval.scoring import arm_context, generation_context
+
+    model, tokenizer = load_policy(ModelConfig(base=tiny_model_dir))
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).eval()
+    ids = torch.tensor([tokenizer("a short prompt to score")["input_ids"]])
+
+    def logits(arm):
+        with torch.inference_mode(), arm_context(model, arm):
+            return model(input_ids=ids).logits
+
+    before, base = logits("adapter"), logits("base")
+    assert (before - base).abs().max() > 1e-3  # the adapter changes the outputs
+    with torch.inference_mode(), generation_context(model, "adapter"):
+        merged = model(input_ids=ids).logits
+        assert all(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+    torch.testing.assert_close(merged, before, atol=1e-4, rtol=1e-4)
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+    torch.testing.assert_close(logits("adapter"), before, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits("base"), base, atol=1e-5, rtol=1e-5)

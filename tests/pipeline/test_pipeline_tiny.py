@@ -37,7 +37,7 @@ def setup(tmp_path, tiny_model_dir, monkeypatch):
     gates = {"lenient": write_yaml(tmp_path / "gate-ok.yaml", LENIENT),
              "impossible": write_yaml(tmp_path / "gate-fail.yaml", IMPOSSIBLE)}
 
-    def pipeline(sft_gate="lenient", dpo_overrides=(), name="p.yaml"):
+    def pipeline(sft_gate="lenient", dpo_overrides=(), name="p.yaml", dpo_gate="lenient"):
         small = ["train.max_steps=2", "train.per_device_train_batch_size=2", "train.save_steps=2",
                  "train.eval_steps=2", "train.logging_steps=1"]
         return write_yaml(tmp_path / name, {
@@ -46,7 +46,7 @@ def setup(tmp_path, tiny_model_dir, monkeypatch):
             "stages": [
                 {"stage": "sft", "recipe": "recipes/smollm2/sft.yaml", "gate": gates[sft_gate],
                  "overrides": model + small[:3] + [f"data.train={sft_data}", "train.eval_strategy=no"]},
-                {"stage": "dpo", "recipe": "recipes/smollm2/dpo.yaml", "gate": gates["lenient"],
+                {"stage": "dpo", "recipe": "recipes/smollm2/dpo.yaml", "gate": gates[dpo_gate],
                  "pairs": str(pairs), "overrides": model + small + list(dpo_overrides)}],
             "tracking": {"backend": "none"}})
 
@@ -69,7 +69,8 @@ def test_runs_gates_promotes_reports_and_skips_unchanged_stages(setup, capsys):
     assert (root / "base" / "eval" / "report.json").is_file() and (root / dpo / "gate.json").is_file()
     report = (root / "report" / "report.md").read_text()
     assert "## Gates" in report and "suites.png" in report and (root / "report" / "suites.png").is_file()
-    capsys.readouterr()
+    headline = [l.split() for l in capsys.readouterr().out.splitlines() if l.startswith(("metric ", "mc.acc "))]
+    assert headline[0] == ["metric", "base", "prompted", "sft", "dpo"] and len(headline[1]) == 5
 
     assert run_pipeline(pipeline(), []) == 0  # unchanged: nothing retrained
     assert run_ids(root) == ids
@@ -94,6 +95,16 @@ def test_failed_gate_stops_before_the_next_stage(setup):
     ids = run_ids(root)
     assert len(ids) == 1 and ids[0].startswith("sft-")
     assert runs.read_registry(root)["runs"][ids[0]]["gate"] == "fail" and not runs.read_registry(root)["promoted"]
+
+
+def test_a_failed_later_gate_leaves_the_last_passing_stage_promoted(setup, capsys):
+    pipeline, root = setup
+    assert run_pipeline(pipeline(dpo_gate="impossible"), []) == 1
+    reg = runs.read_registry(root)
+    (sft,) = [i for i in reg["runs"] if i.startswith("sft-")]
+    (dpo,) = [i for i in reg["runs"] if i.startswith("dpo-")]
+    assert reg["runs"][dpo]["gate"] == "fail" and reg["promoted"] == sft
+    assert f"promoted: {sft}" in capsys.readouterr().out
 
 
 def test_bad_pipeline_recipes_fail_before_any_training(setup, tmp_path):
