@@ -14,6 +14,7 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~6-10 min alone on 2 cores; the subprocess has its own 1500 s limit
 def test_demo_pipeline_recipe_end_to_end(tmp_path):
     recipe = yaml.safe_load((ROOT / "recipes/smollm2/pipeline.yaml").read_text())
     small = ["train.max_steps=3", "train.per_device_train_batch_size=4", "train.save_steps=3", "train.logging_steps=1"]

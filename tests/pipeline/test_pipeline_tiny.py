@@ -69,8 +69,9 @@ def test_runs_gates_promotes_reports_and_skips_unchanged_stages(setup, capsys):
     assert (root / "base" / "eval" / "report.json").is_file() and (root / dpo / "gate.json").is_file()
     report = (root / "report" / "report.md").read_text()
     assert "## Gates" in report and "suites.png" in report and (root / "report" / "suites.png").is_file()
-    headline = [l.split() for l in capsys.readouterr().out.splitlines() if l.startswith(("metric ", "mc.acc "))]
-    assert headline[0] == ["metric", "base", "prompted", "sft", "dpo"] and len(headline[1]) == 5
+    out = [l.split() for l in capsys.readouterr().out.splitlines()]
+    at = out.index(["metric", "base", "prompted", "sft", "dpo"])  # the metric-by-arm summary after the gates
+    assert out[at + 1][0] == "harmful.refusal_rate" and len(out[at + 1]) == 5
 
     assert run_pipeline(pipeline(), []) == 0  # unchanged: nothing retrained
     assert run_ids(root) == ids
