@@ -279,12 +279,12 @@ def write_report(rows, browser_rows, load_before, load_after) -> None:
     import os
 
     lines = [f"# collect load — {time.strftime('%Y-%m-%d %H:%M')}", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
              f"Python {platform.python_version()}, SQLite WAL, one uvicorn process, "
              "candidates pre-generated (720 items, N = 3). Latency is one submit: the vote's transaction "
              "(fsynced) including the next reservation, measured at the client over HTTP on 127.0.0.1.",
-             f"Load average (1/5/15 min) before: {' '.join(load_before)}, after: {' '.join(load_after)} — the 2 "
-             "cores are shared with other jobs, so absolute numbers are pessimistic.", "",
+             f"Load average (1/5/15 min) before: {' '.join(load_before)}, after: {' '.join(load_after)} — the load "
+             "client (one thread per annotator) and the headless browser run on the same cores as the server.", "",
              "| annotators | think time (mean) | synchronous | votes | submit p50 ms | submit p99 ms | max ms "
              "| votes/s | wall s |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]

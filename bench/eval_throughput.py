@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+LOAD_BEFORE = " ".join(open("/proc/loadavg").read().split()[:3]) if os.path.exists("/proc/loadavg") else "n/a"
+
+
 def plain_loop(model, tokenizer, prompts, max_new_tokens):
     """What a user writes without alignkit: one prompt at a time through model.generate."""
     import torch
@@ -91,7 +94,7 @@ def main() -> None:
         "(batched float32 matmuls with padding can flip a near-tie token).", "",
         f"Multiple choice: {len(mc)} four-choice items in {t_mc:.1f} s = **{len(mc) / t_mc:.1f} items/s** "
         f"(target ≥ 20 items/s), {args.mc_batch_items} items per forward, acc {acc:.3f}.", "",
-        "Note: the 2 cores were shared with other jobs during the run; both arms ran back to back in one process.",
+        f"Both arms ran back to back in one process; load average before the run: {LOAD_BEFORE}.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
