@@ -17,6 +17,27 @@ from alignkit.errors import TrainingFailed, UserError
 from alignkit.recipe import to_dict
 
 
+def start(model_cfg):
+    """What every stage does first: the tokenizer (checked, with its template sha256) and, when the recipe
+    continues an adapter, the run that made it (after checking the adapter was trained on this base)."""
+    from alignkit import models
+
+    tokenizer, template_sha = models.load_tokenizer(model_cfg.base, model_cfg.revision, model_cfg.trust_remote_code)
+    parent = None
+    if model_cfg.adapter:
+        models.check_adapter_base(model_cfg.adapter, model_cfg.base)
+        parent = runs.parent_of_adapter(model_cfg.adapter)
+    return tokenizer, template_sha, parent
+
+
+def model_manifest(model_cfg, template_sha: str) -> dict[str, Any]:
+    """The manifest's base-model and chat-template entries, the same for every stage."""
+    from alignkit import models
+
+    return {"base_model": {"spec": model_cfg.base, "id": models.canonical_id(model_cfg.base)},
+            "chat_template_sha256": template_sha}
+
+
 @dataclass
 class OpenRun:
     """A started (or resumed) run with its trackers."""

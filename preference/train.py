@@ -8,7 +8,7 @@ import random
 from alignkit import models, stage
 from alignkit.errors import UserError
 from alignkit.pairs import load_pairs, pairs_to_kto, thumbs_to_kto, to_kto_dataset, to_preference_dataset
-from alignkit.runs import Run, parent_of_adapter
+from alignkit.runs import Run
 from preference.config import DPO_DEFAULTS, KTO_DEFAULTS, DPORecipe, KTORecipe
 from preference.reference import check_reference
 
@@ -39,19 +39,13 @@ def policy(recipe, args):
 
 
 def _start(recipe, stage_name: str, allow_unpaired: bool):
-    tokenizer, template_sha = models.load_tokenizer(recipe.model.base, recipe.model.revision,
-                                                    recipe.model.trust_remote_code)
-    parent = None
-    if recipe.model.adapter:
-        models.check_adapter_base(recipe.model.adapter, recipe.model.base)
-        parent = parent_of_adapter(recipe.model.adapter)
-        check_template(parent, template_sha, stage_name)
+    tokenizer, template_sha, parent = stage.start(recipe.model)
+    check_template(parent, template_sha, stage_name)
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.pairs.overlong, invalid=recipe.pairs.invalid,
                           allow_unpaired=allow_unpaired)
     print(f"data: {prepared.report}")
     opened = stage.open_run(recipe, stage_name, inputs=prepared.sha256s, parent=parent, extra={
-        "base_model": {"spec": recipe.model.base, "id": models.canonical_id(recipe.model.base)},
-        "chat_template_sha256": template_sha,
+        **stage.model_manifest(recipe.model, template_sha),
         "data": {"sha256": prepared.sha256s, "curation": prepared.report},
     })
     return tokenizer, prepared, opened

@@ -18,7 +18,7 @@ from alignkit import models, stage
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.generate import Sampling, chat
 from alignkit.reward_model import RewardScorer
-from alignkit.runs import Run, parent_of_adapter
+from alignkit.runs import Run
 from reward.config import RLHF_DEFAULTS, RLHFRecipe
 from reward.guard import RewardHackingGuard
 from reward.prompts import load_prompts
@@ -87,21 +87,15 @@ def run(recipe: RLHFRecipe) -> Run:
     if cfg.kl_ceiling is not None and not beta:
         raise UserError("rlhf.kl_ceiling is set but train.beta is 0: without a reference model TRL does not measure "
                         "KL, so the ceiling could not be enforced (set train.beta > 0 or rlhf.kl_ceiling: null)")
-    tokenizer, template_sha = models.load_tokenizer(recipe.model.base, recipe.model.revision,
-                                                    recipe.model.trust_remote_code)
+    tokenizer, template_sha, parent = stage.start(recipe.model)
     saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues the right end
-    parent = None
-    if recipe.model.adapter:
-        models.check_adapter_base(recipe.model.adapter, recipe.model.base)
-        parent = parent_of_adapter(recipe.model.adapter)
     reward_fn, reward_info = load_reward(recipe)
     prompts = load_prompts(recipe.data, tokenizer, cfg.max_prompts)
     print(f"prompts: {prompts.report}")
     train_prompts = prompts.splits["train"]
 
     opened = stage.open_run(recipe, "rlhf", inputs={**prompts.sha256s, "reward": str(reward_info)}, parent=parent,
-                            extra={"base_model": {"spec": recipe.model.base, "id": models.canonical_id(recipe.model.base)},
-                                   "chat_template_sha256": template_sha, "algorithm": cfg.algorithm,
+                            extra={**stage.model_manifest(recipe.model, template_sha), "algorithm": cfg.algorithm,
                                    "reward": reward_info, "data": {"sha256": prompts.sha256s, "prompts": prompts.report}})
     with stage.guard(opened):
         policy = models.load_model(recipe.model)

@@ -9,7 +9,7 @@ from alignkit import models, stage
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.pairs import load_pairs, to_preference_dataset
 from alignkit.reward_model import SFT_INIT_DIR, RewardScorer, merge_into_seq_cls
-from alignkit.runs import Run, parent_of_adapter
+from alignkit.runs import Run
 from reward import metrics
 from reward.config import REWARD_DEFAULTS, RewardRecipe
 
@@ -75,19 +75,13 @@ def run(recipe: RewardRecipe) -> Run:
     """Train a LoRA reward model (score head saved with the adapter) and gate it on held-out pairs."""
     from trl import RewardConfig, RewardTrainer
 
-    tokenizer, template_sha = models.load_tokenizer(recipe.model.base, recipe.model.revision,
-                                                    recipe.model.trust_remote_code)
-    parent = None
-    if recipe.model.adapter:
-        models.check_adapter_base(recipe.model.adapter, recipe.model.base)
-        parent = parent_of_adapter(recipe.model.adapter)
+    tokenizer, template_sha, parent = stage.start(recipe.model)
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.reward.overlong)
     print(f"data: {prepared.report}")
     heldout = heldout_pairs(prepared, recipe)
 
     opened = stage.open_run(recipe, "reward", inputs=prepared.sha256s, parent=parent, extra={
-        "base_model": {"spec": recipe.model.base, "id": models.canonical_id(recipe.model.base)},
-        "chat_template_sha256": template_sha,
+        **stage.model_manifest(recipe.model, template_sha),
         "data": {"sha256": prepared.sha256s, "curation": prepared.report},
         "init_adapter": recipe.model.adapter,
     })

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alignkit import models, stage
 from alignkit.data import to_prompt_completion
 from alignkit.prepare import prepare_conversations
-from alignkit.runs import Run, parent_of_adapter
+from alignkit.runs import Run
 from sft.config import SFT_DEFAULTS, SFTRecipe
 
 
@@ -21,18 +21,12 @@ def run(recipe: SFTRecipe) -> Run:
     """Train a LoRA (or QLoRA) adapter on the recipe's data; returns the completed run."""
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer, template_sha = models.load_tokenizer(recipe.model.base, recipe.model.revision,
-                                                    recipe.model.trust_remote_code)
-    parent = None
-    if recipe.model.adapter:
-        models.check_adapter_base(recipe.model.adapter, recipe.model.base)
-        parent = parent_of_adapter(recipe.model.adapter)
+    tokenizer, template_sha, parent = stage.start(recipe.model)
     prepared = prepare_conversations(recipe.data, tokenizer)
     print(f"data: {prepared.report}")
 
     opened = stage.open_run(recipe, "sft", inputs=prepared.sha256s, parent=parent, extra={
-        "base_model": {"spec": recipe.model.base, "id": models.canonical_id(recipe.model.base)},
-        "chat_template_sha256": template_sha,
+        **stage.model_manifest(recipe.model, template_sha),
         "data": {"sha256": prepared.sha256s, "curation": prepared.report},
     })
     with stage.guard(opened):
