@@ -54,7 +54,7 @@ def main() -> None:
     from alignkit.generate import Sampling, chat, load_policy
     from alignkit.sections import ModelConfig
     from eval.config import SuiteSpec
-    from eval.scoring import score_mc
+    from eval.scoring import precision_context, resolve_precision, score_mc
     from eval.suites import load_suite
 
     model, tokenizer = load_policy(ModelConfig())
@@ -72,11 +72,19 @@ def main() -> None:
     same = sum(a == b for a, b in zip(batched, plain))
 
     mc = load_suite(SuiteSpec(name="mc")).items[:args.mc_items]
-    score_mc(model, tokenizer, mc[:args.mc_batch_items], batch_items=args.mc_batch_items)  # warm-up
-    t = time.perf_counter()
-    scored = score_mc(model, tokenizer, mc, batch_items=args.mc_batch_items)
-    t_mc = time.perf_counter() - t
+    mc_rows = {}
+    for precision in ("float32", resolve_precision("auto")):  # float32, then what the eval uses (generation.mc_precision: auto)
+        if precision in mc_rows:
+            continue
+        with precision_context(precision):
+            score_mc(model, tokenizer, mc[:args.mc_batch_items], batch_items=args.mc_batch_items)  # warm-up
+            t = time.perf_counter()
+            scored = score_mc(model, tokenizer, mc, batch_items=args.mc_batch_items)
+            mc_rows[precision] = (time.perf_counter() - t, scored)
+    auto = resolve_precision("auto")
+    t_mc, scored = mc_rows[auto]
     acc = sum(s["acc"] for s in scored) / len(scored)
+    same = sum(a["pred"] == b["pred"] for a, b in zip(mc_rows["float32"][1], scored))
 
     ratio = t_plain / t_batched
     lines = [
@@ -92,8 +100,10 @@ def main() -> None:
         f"| plain per-prompt `model.generate` loop | {t_plain:.1f} | {len(prompts) / t_plain:.2f} |", "",
         f"**Speed-up: {ratio:.1f}×** (target ≥ 4×). Identical greedy answers: {same}/{len(prompts)} "
         "(batched float32 matmuls with padding can flip a near-tie token).", "",
-        f"Multiple choice: {len(mc)} four-choice items in {t_mc:.1f} s = **{len(mc) / t_mc:.1f} items/s** "
-        f"(target ≥ 20 items/s), {args.mc_batch_items} items per forward, acc {acc:.3f}.", "",
+        f"Multiple choice ({auto}, the eval's `generation.mc_precision: auto` on this machine): {len(mc)} "
+        f"four-choice items in {t_mc:.1f} s = **{len(mc) / t_mc:.1f} items/s** (target ≥ 20 items/s), "
+        f"{args.mc_batch_items} items per forward, acc {acc:.3f}; float32: "
+        f"{len(mc) / mc_rows['float32'][0]:.1f} items/s, the same answer on {same}/{len(mc)} items.", "",
         f"Both arms ran back to back in one process; load average before the run: {LOAD_BEFORE}.",
     ]
     text = "\n".join(lines) + "\n"

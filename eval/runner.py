@@ -22,6 +22,7 @@ from alignkit.generate import Sampling, chat
 from alignkit.recipe import to_dict
 from eval import stats
 from eval.config import EvalRecipe
+from eval.scoring import resolve_precision
 from eval.suites import Suite, load_suite
 
 # +1: higher is better; -1: lower is better (for uplift and the 5% rule)
@@ -122,7 +123,8 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
         "model_id": model_key["id"], "chat_template_sha256": template_sha,
         "adapter": str(adapter) if adapter else None, "adapter_sha256": ad_sha,
         "arm_names": arms, "system_prompt": recipe.arms.system_prompt if "prompted" in arms else None,
-        "generation": to_dict(recipe.generation), "detector": detector_name,
+        "generation": {**to_dict(recipe.generation), "mc_precision": resolve_precision(recipe.generation.mc_precision)},
+        "detector": detector_name,
         "suites": {s.name: {"kind": s.kind, "source": s.source, "items": len(s.items), "sha256": s.sha256,
                             "skipped": s.skipped} for s in suites},
         "arms": results, "uplift": uplift(results), "decontamination": decontamination(recipe, adapter, suites),
@@ -149,6 +151,8 @@ def _cache_key(model_key: dict, ad_sha: str | None, arm: str, recipe: EvalRecipe
     spec = suite.spec.key()
     spec.pop("name"), spec.pop("limit")  # the items' sha256 covers them
     gen = {"max_new_tokens": recipe.generation.max_new_tokens} if suite.kind in ("safety", "task", "kl") else {}
+    if suite.kind == "mc":
+        gen = {"precision": resolve_precision(recipe.generation.mc_precision)}
     return fingerprint("eval-v1", model_key, ad_sha, arm if arm == "adapter" else "base",
                        recipe.arms.system_prompt if arm == "prompted" else None, suite.kind, suite.sha256, spec, gen,
                        detector if suite.kind == "safety" else None)
@@ -187,7 +191,7 @@ def _run_suite(policy: Policy, tokenizer, arm: str, suite: Suite, recipe: EvalRe
     elif suite.kind == "mc":
         model, tok = policy.get()
         system = recipe.arms.system_prompt if arm == "prompted" else None
-        with scoring.arm_context(model, arm):
+        with scoring.generation_context(model, arm), scoring.precision_context(recipe.generation.mc_precision):
             scored = scoring.score_mc(model, tok, items, system, recipe.generation.mc_batch_items)
         out["items"] = scored
         for name in ("acc", "acc_norm"):

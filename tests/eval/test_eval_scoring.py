@@ -57,6 +57,38 @@ def test_batched_scoring_equals_one_item_at_a_time(tiny):
         assert a["ll"] == pytest.approx(b["ll"], abs=1e-4)
 
 
+def test_items_are_batched_by_length_but_returned_in_input_order(tiny, monkeypatch):
+    """score_mc sorts rows by length for its forwards; results come back in the caller's order, and the
+    output-layer-at-choice-positions path equals full logits (PLAIN_HEAD emptied forces the full path)."""
+    import eval.scoring as scoring
+
+    model, tokenizer = tiny
+    questions = ["A much longer question with many more tokens in it, and then some more?", "Short?",
+                 "Medium length question here?"]
+    items = [{"id": f"q{i}", "question": q, "choices": ["a", "bb b", "c"], "answer": 0} for i, q in enumerate(questions)]
+    fast = score_mc(model, tokenizer, items, batch_items=2)
+    assert [s["id"] for s in fast] == ["q0", "q1", "q2"]
+    for item, s in zip(items, fast):
+        context = chat_context(tokenizer, item["question"])
+        assert s["ll"] == pytest.approx([by_hand(model, tokenizer, context, " " + c) for c in item["choices"]], abs=1e-4)
+    monkeypatch.setattr(scoring, "PLAIN_HEAD", set())
+    full = score_mc(model, tokenizer, items, batch_items=2)
+    for a, b in zip(fast, full):
+        assert a["ll"] == pytest.approx(b["ll"], abs=1e-5)
+
+
+def test_bf16_precision_scores_close_to_float32(tiny):
+    from eval.scoring import precision_context, resolve_precision
+
+    model, tokenizer = tiny
+    items = [{"id": "b", "question": "Which colour is the sky?", "choices": ["blue", "green"], "answer": 0}]
+    exact = score_mc(model, tokenizer, items)[0]["ll"]
+    with precision_context("bfloat16"):
+        approx = score_mc(model, tokenizer, items)[0]["ll"]
+    assert approx != exact and approx == pytest.approx(exact, rel=0.05)
+    assert resolve_precision("float32") == "float32" and resolve_precision("auto") in ("float32", "bfloat16")
+
+
 def test_perplexity_is_exp_of_mean_token_nll(tiny):
     model, tokenizer = tiny
     text = "Honeybees live in colonies."
