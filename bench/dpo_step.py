@@ -3,7 +3,7 @@
     python bench/dpo_step.py [--pairs 48] [--steps 8] [--batch-size 4]
 
 Three arms, each in its own subprocess (so peak RSS is its own), on SmolLM2-135M-Instruct, LoRA r=16 all-linear:
-  sft    alignkit's SFT stage, `--steps` steps of 2×batch sequences: the memory yardstick, and the SFT adapter
+  sft    alignkit's SFT stage as sft.yaml runs it, `--steps` steps: the memory yardstick, and the SFT adapter
          both DPO arms continue;
   plain  a plain TRL DPO script as TRL's docs show it (PeftModel with the SFT adapter trainable; TRL makes the
          frozen "ref" copy and scores it every step);
@@ -65,9 +65,10 @@ from preference.config import DPORecipe
 from preference.train import run
 recipe_path, adapter, train_file, out, steps, bs, lr = sys.argv[1:8]
 t = time.time()
-result = run(load_recipe(recipe_path, DPORecipe, [
+result = run(load_recipe(recipe_path, DPORecipe, sys.argv[8:] + [
     f"model.adapter={adapter}", f"data.train={train_file}", "data.val_fraction=0", "data.test_fraction=0",
     "data.dedup=false", "data.near_dedup=false", f"output.dir={out}", "tracking.backend=none", "output.resume=never",
+    "data.max_tokens=512", "train.max_length=512",  # the plain script's length: dpo.yaml's demo cut to 192 is not measured
     f"train.max_steps={steps}", f"train.per_device_train_batch_size={bs}", f"train.learning_rate={lr}",
     "train.logging_steps=1", "train.save_steps=100000", "train.warmup_steps=0"]))
 rows = [json.loads(l) for l in result.metrics_path.read_text().splitlines()]
@@ -80,11 +81,10 @@ import json, resource, sys, time
 from alignkit.recipe import load_recipe
 from sft.config import SFTRecipe
 from sft.train import run
-recipe_path, out, steps, bs = sys.argv[1:5]
-result = run(load_recipe(recipe_path, SFTRecipe, [
+recipe_path, out, steps = sys.argv[1:4]
+result = run(load_recipe(recipe_path, SFTRecipe, [  # sft.yaml's own batch: what the SFT stage peaks at
     "data.val_fraction=0", "data.test_fraction=0", f"output.dir={out}", "tracking.backend=none",
-    "output.resume=never", f"train.max_steps={steps}", f"train.per_device_train_batch_size={bs}",
-    "train.save_steps=100000"]))
+    "output.resume=never", f"train.max_steps={steps}", "train.save_steps=100000"]))
 print("RESULT " + json.dumps({"adapter": str(result.adapter_dir),
                               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step (2x sequences)")
     parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra recipe override for alignkit's DPO arm (e.g. train.activation_checkpointing=true)")
     args = parser.parse_args()
 
     from alignkit.models import resolve
@@ -125,12 +127,11 @@ def main() -> None:
     pairs.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows))
     load_before = os.getloadavg()
 
-    sft = run_arm("sft", OURS_SFT, [str(ROOT / "recipes/smollm2/sft.yaml"), str(work / "sft"), str(args.steps),
-                                    str(2 * args.batch_size)])
+    sft = run_arm("sft", OURS_SFT, [str(ROOT / "recipes/smollm2/sft.yaml"), str(work / "sft"), str(args.steps)])
     common = [sft["adapter"], str(pairs), None, str(args.steps), str(args.batch_size), str(args.lr)]
     plain = run_arm("plain", PLAIN, [model_dir, *common[:2], str(work / "plain"), *common[3:]])
     ours = run_arm("ours", OURS_DPO, [str(ROOT / "recipes/smollm2/dpo.yaml"), *common[:2], str(work / "ours"),
-                                      *common[3:]])
+                                      *common[3:], *args.set])
     load_after = os.getloadavg()
 
     plain_step, ours_step = steady_step(plain["step_times"]), steady_step(ours["step_times"])
@@ -139,7 +140,7 @@ def main() -> None:
     table = [
         "| arm | steady step (s) | total (s) | peak RSS (MB) |",
         "|---|---|---|---|",
-        f"| SFT stage (alignkit), {2 * args.batch_size} seq/step | – | – | {sft['max_rss_mb']:.0f} |",
+        f"| SFT stage (alignkit, sft.yaml's batch) | – | – | {sft['max_rss_mb']:.0f} |",
         f"| plain TRL DPO | {plain_step:.2f} | {plain['seconds']:.0f} | {plain['max_rss_mb']:.0f} |",
         f"| alignkit DPO | {ours_step:.2f} | {ours['seconds']:.0f} | {ours['max_rss_mb']:.0f} |",
     ]
