@@ -84,7 +84,7 @@ def main() -> None:
     auto = resolve_precision("auto")
     t_mc, scored = mc_rows[auto]
     acc = sum(s["acc"] for s in scored) / len(scored)
-    same = sum(a["pred"] == b["pred"] for a, b in zip(mc_rows["float32"][1], scored))
+    mc_same = sum(a["pred"] == b["pred"] for a, b in zip(mc_rows["float32"][1], scored))
 
     ratio = t_plain / t_batched
     lines = [
@@ -103,7 +103,7 @@ def main() -> None:
         f"Multiple choice ({auto}, the eval's `generation.mc_precision: auto` on this machine): {len(mc)} "
         f"four-choice items in {t_mc:.1f} s = **{len(mc) / t_mc:.1f} items/s** (target ≥ 20 items/s), "
         f"{args.mc_batch_items} items per forward, acc {acc:.3f}; float32: "
-        f"{len(mc) / mc_rows['float32'][0]:.1f} items/s, the same answer on {same}/{len(mc)} items.", "",
+        f"{len(mc) / mc_rows['float32'][0]:.1f} items/s, the same answer on {mc_same}/{len(mc)} items.", "",
         f"Both arms ran back to back in one process; load average before the run: {LOAD_BEFORE}.",
     ]
     text = "\n".join(lines) + "\n"
