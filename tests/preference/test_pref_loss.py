@@ -126,7 +126,8 @@ def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path)
 
     smoothing = {"exo_pair": 1e-3, "robust": 0.1}.get(loss_type, 0.0)
     recipe = load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe,
-                         [f"train.loss_type=[{loss_type}]", f"train.label_smoothing={smoothing}"])
+                         [f"train.loss_type=[{loss_type}]", "train.loss_weights=[1.0]",
+                          f"train.label_smoothing={smoothing}"])
     opened = SimpleNamespace(run=SimpleNamespace(path=tmp_path, id="dpo-test"), wandb=None)
     args = stage.trl_args(DPOConfig, recipe.train, opened, recipe.tracking, DPO_DEFAULTS)
     assert args.loss_type == [loss_type] and args.precompute_ref_log_probs and args.label_smoothing == smoothing
