@@ -76,7 +76,7 @@ def main() -> None:
     for precision in ("float32", resolve_precision("auto")):  # float32, then what the eval uses (generation.mc_precision: auto)
         if precision in mc_rows:
             continue
-        with precision_context(precision):
+        with precision_context(model, precision):
             score_mc(model, tokenizer, mc[:args.mc_batch_items], batch_items=args.mc_batch_items)  # warm-up
             t = time.perf_counter()
             scored = score_mc(model, tokenizer, mc, batch_items=args.mc_batch_items)

@@ -191,7 +191,7 @@ def _run_suite(policy: Policy, tokenizer, arm: str, suite: Suite, recipe: EvalRe
     elif suite.kind == "mc":
         model, tok = policy.get()
         system = recipe.arms.system_prompt if arm == "prompted" else None
-        with scoring.generation_context(model, arm), scoring.precision_context(recipe.generation.mc_precision):
+        with scoring.generation_context(model, arm), scoring.precision_context(model, recipe.generation.mc_precision):
             scored = scoring.score_mc(model, tok, items, system, recipe.generation.mc_batch_items)
         out["items"] = scored
         for name in ("acc", "acc_norm"):

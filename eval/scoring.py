@@ -47,13 +47,13 @@ def resolve_precision(precision: str) -> str:
     return "bfloat16" if precision_defaults()["bf16"] else "float32"
 
 
-def precision_context(precision: str):
+def precision_context(model, precision: str):
     """bf16 autocast on the model's device for teacher-forced scoring, or nothing for float32."""
     import torch
 
     if resolve_precision(precision) == "float32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
 def chat_context(tokenizer, question: str | list[dict], system_prompt: str | None = None) -> str:
@@ -164,18 +164,18 @@ def _packed_forward(model, rows: list[tuple[list[int], list[list[int]]]], prefix
     # token 0 of every choice is predicted at the context's last position, token j at the choice's j-1
     wheres = [[[len(ctx) - 1] + list(range(start, start + len(cont) - 1)) for start, cont in zip(starts, conts)]
               for (ctx, conts), (_, _, starts) in zip(rows, layout)]
-    row_of = torch.tensor([r for r, ws in enumerate(wheres) for w in ws for _ in w])
-    col_of = torch.tensor([q for ws in wheres for w in ws for q in w])
     device = next(model.parameters()).device
+    row_of = torch.tensor([r for r, ws in enumerate(wheres) for w in ws for _ in w], device=device)
+    col_of = torch.tensor([q for ws in wheres for w in ws for q in w], device=device)
     inputs = dict(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                   past_key_values=cache, use_cache=cache is not None)
     with torch.inference_mode():
         parts = _decoder_and_head(model)
         if parts:  # the output layer only where a choice token is predicted (~1/3 of the positions)
             hidden = parts[0](**inputs).last_hidden_state
-            logits = parts[1](hidden[row_of.to(device), col_of.to(device)])
+            logits = parts[1](hidden[row_of, col_of])
         else:
-            logits = model(**inputs).logits[row_of.to(device), col_of.to(device)]
+            logits = model(**inputs).logits[row_of, col_of]
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     out, k = [], 0
     for ws, (_, conts) in zip(wheres, rows):

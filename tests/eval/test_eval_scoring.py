@@ -83,7 +83,7 @@ def test_bf16_precision_scores_close_to_float32(tiny):
     model, tokenizer = tiny
     items = [{"id": "b", "question": "Which colour is the sky?", "choices": ["blue", "green"], "answer": 0}]
     exact = score_mc(model, tokenizer, items)[0]["ll"]
-    with precision_context("bfloat16"):
+    with precision_context(model, "bfloat16"):
         approx = score_mc(model, tokenizer, items)[0]["ll"]
     assert approx != exact and approx == pytest.approx(exact, rel=0.05)
     assert resolve_precision("float32") == "float32" and resolve_precision("auto") in ("float32", "bfloat16")
