@@ -180,7 +180,7 @@ def cmd_serve(args) -> int:
     from collect.config import CollectRecipe
 
     recipe = _recipe(args) or CollectRecipe()
-    store = _store(args, recipe, remember=True)
+    store = _store(args, recipe, remember=True, background_checkpoint=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the app is reachable from other machines; use TLS in front of it",
               file=sys.stderr)
@@ -223,6 +223,7 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
     else:
         server.run()
     worker.stop.set()
+    store.close()
 
 
 def cmd_export(args) -> int:

@@ -97,19 +97,54 @@ class Store:
     """All reads and writes of the labeling data; safe to share between threads of one server."""
 
     def __init__(self, url: str, overlap: int = 3, reservation_minutes: float = 15.0,
-                 repeat_every: int = 0, repeat_gap: int = 5, create: bool = False):
+                 repeat_every: int = 0, repeat_gap: int = 5, create: bool = False, background_checkpoint: bool = False):
         self.url = url
         self.overlap, self.reservation_s = overlap, reservation_minutes * 60
         self.repeat_every, self.repeat_gap = repeat_every, repeat_gap
         self.sqlite = url.startswith("sqlite")
         self._lock = threading.Lock()  # SQLite: one writer at a time in-process, no busy-wait backoff
         self._rng = random.SystemRandom()
-        self.engine = _engine(url)
+        self._checkpointer: threading.Thread | None = None
+        self._stop = threading.Event()
+        background_checkpoint = background_checkpoint and self.sqlite and _sqlite_path(url) is not None
+        self.engine = _engine(url, autocheckpoint=not background_checkpoint)
         self._writer = self.engine.execution_options(alignkit_write=True)
         if create:
             Base.metadata.create_all(self.engine)
         else:
             self._check_schema()
+        if background_checkpoint:
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="wal-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval_s: float = 0.5) -> None:
+        """SQLite server: copy the WAL into the database file off the request path.
+
+        By default SQLite checkpoints inside the commit that crosses 1000 WAL pages: that vote also copies the
+        pages and fsyncs the database file while every other writer waits for the lock. The server instead turns
+        automatic checkpoints off and runs a PASSIVE checkpoint (it never waits for, nor blocks, writers) from
+        this thread. Durability is unchanged: a vote is acknowledged once its WAL frames are on disk.
+        """
+        import sqlite3
+
+        path, sync = _sqlite_path(self.url), _sqlite_sync(self.url)
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous={sync}")
+        try:
+            while not self._stop.wait(interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.OperationalError:  # busy/locked: the next round catches up
+                    pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Stop the checkpoint thread (if any) and close pooled connections (SQLite then folds the WAL in)."""
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=5)
+        self.engine.dispose()
 
     def _check_schema(self) -> None:
         try:
@@ -484,15 +519,26 @@ def _label(choice: str, left: str) -> str:
     return left if choice == "a" else right
 
 
-def _engine(url: str):
+def _sqlite_sync(url: str) -> str:
+    params = dict(p.split("=", 1) for p in url.partition("?")[2].split("&") if "=" in p)
+    sync = params.pop("synchronous", "full").upper()
+    if sync not in ("FULL", "NORMAL"):
+        raise UserError(f"store '{url}': synchronous must be full or normal")
+    if params:
+        raise UserError(f"store '{url}': unknown option(s) {', '.join(params)}; only ?synchronous=full|normal")
+    return sync
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The database file of a sqlite:/// URL; None for an in-memory database."""
+    path = url.partition("?")[0][len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    return None if path in ("", ":memory:") else path
+
+
+def _engine(url: str, autocheckpoint: bool = True):
     if url.startswith("sqlite"):
-        base, _, query = url.partition("?")
-        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        sync = params.pop("synchronous", "full").upper()
-        if sync not in ("FULL", "NORMAL"):
-            raise UserError(f"store '{url}': synchronous must be full or normal")
-        if params:
-            raise UserError(f"store '{url}': unknown option(s) {', '.join(params)}; only ?synchronous=full|normal")
+        base = url.partition("?")[0]
+        sync = _sqlite_sync(url)
         engine = create_engine(base, connect_args={"timeout": 30, "check_same_thread": False},
                                pool_size=16, max_overflow=48)
 
@@ -505,6 +551,8 @@ def _engine(url: str):
             # loss. NORMAL (?synchronous=normal): the commit is in the OS page cache before the ack, which survives
             # kill -9 of the server but not a power cut; it saves one fsync (~9 ms here) per vote.
             cur.execute(f"PRAGMA synchronous={sync}")
+            if not autocheckpoint:  # the server's checkpoint thread does it (Store._checkpoint_loop)
+                cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
@@ -527,7 +575,8 @@ def _engine(url: str):
     raise UserError(f"store '{url}': expected sqlite:///path or postgresql://user@host/db")
 
 
-def open_store(url: str, recipe=None, create: bool = False, remember: bool = False) -> Store:
+def open_store(url: str, recipe=None, create: bool = False, remember: bool = False,
+               background_checkpoint: bool = False) -> Store:
     """A Store with the queue settings of a CollectRecipe, else the ones the store remembers, else defaults.
 
     `remember` writes the recipe's queue settings into the store (init and serve do), so that later
@@ -539,7 +588,7 @@ def open_store(url: str, recipe=None, create: bool = False, remember: bool = Fal
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    store = Store(url, create=create)
+    store = Store(url, create=create, background_checkpoint=background_checkpoint)
     if recipe is not None:
         q = recipe.queue
         settings = {"overlap": q.overlap, "reservation_minutes": q.reservation_minutes,

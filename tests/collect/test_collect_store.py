@@ -202,3 +202,38 @@ def test_sqlite_runs_wal_and_synchronous_full_unless_asked(tmp_path):
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
     with pytest.raises(UserError, match="only \\?synchronous"):
         Store(f"sqlite:///{tmp_path}/x.db?cache=shared")
+
+
+
+def _items_in_database_file(db, tmp_path) -> int:
+    """Items present in the main database file alone (a copy without its -wal): what checkpoints put there."""
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "main-file-only.db"
+    shutil.copyfile(db, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    except sqlite3.DatabaseError:  # copied while the checkpoint was writing pages: look again
+        return -1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_server_store_checkpoints_the_wal_off_the_request_path(tmp_path, background):
+    """The server's store turns SQLite's in-commit checkpoint off and folds the WAL in from its own thread;
+    a plain store leaves a small WAL to SQLite (1000 pages), so there the database file does not have them yet."""
+    db = tmp_path / "c.db"
+    Store(f"sqlite:///{db}", create=True).close()
+    store = Store(f"sqlite:///{db}", background_checkpoint=background)
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == (0 if background else 1000)
+    seed(store, prompts=30, pairs=2)
+    deadline = time.monotonic() + 3
+    while _items_in_database_file(db, tmp_path) < 60 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _items_in_database_file(db, tmp_path) == (60 if background else 0)
+    store.close()
+    assert store._checkpointer is None or not store._checkpointer.is_alive()
