@@ -70,7 +70,8 @@ result = run(load_recipe(recipe_path, DPORecipe, sys.argv[8:] + [
     "data.dedup=false", "data.near_dedup=false", f"output.dir={out}", "tracking.backend=none", "output.resume=never",
     "data.max_tokens=512", "train.max_length=512",  # the plain script's length: dpo.yaml's demo cut to 192 is not measured
     f"train.max_steps={steps}", f"train.per_device_train_batch_size={bs}", f"train.learning_rate={lr}",
-    "train.logging_steps=1", "train.save_steps=100000", "train.warmup_steps=0"]))
+    "train.logging_steps=1", "train.save_steps=100000", "train.warmup_steps=0",
+    "train.precompute_ref_log_probs=true"]))  # the stage's default (dpo.yaml turns it off for its partial epoch)
 rows = [json.loads(l) for l in result.metrics_path.read_text().splitlines()]
 print("RESULT " + json.dumps({"seconds": time.time() - t, "step_times": [r["time"] for r in rows if "loss" in r],
                               "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
