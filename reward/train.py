@@ -98,7 +98,9 @@ def run(recipe: RewardRecipe) -> Run:
         except ValueError as e:  # e.g. layers_to_transform past this model's depth
             raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
         train_ds, eval_ds = to_preference_dataset(prepared.splits["train"]), to_preference_dataset(heldout)
+        # the length-grouped sampler serves the held-out evaluation too (the Trainer asks it for both)
         train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
+        eval_ds = eval_ds.add_column("length", pair_lengths(heldout, tokenizer))
         trainer = stage.build_trainer(RewardTrainer, model=model, args=args, train_dataset=train_ds,
                                       eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[opened.metrics])
         result = trainer.train(resume_from_checkpoint=opened.resume_from)

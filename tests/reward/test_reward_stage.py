@@ -118,6 +118,17 @@ def test_reward_model_with_another_tokenizer_scores_policy_text(small_vocab_mode
     assert len(set(scores)) > 1 and info["base"] == small_vocab_model_dir and info["gate"] is None
 
 
+def test_recipe_evaluates_the_heldout_pairs_during_training(tiny_model_dir, tmp_path, reward_args):
+    """reward.yaml evaluates at each epoch's end through the length-grouped sampler, which needs lengths for the
+    held-out pairs too (the other tiny runs turn evaluation off)."""
+    args = [a for a in reward_args(tiny_model_dir, tmp_path) if a != "train.eval_strategy='no'"]
+    assert stage_main("python -m reward", RewardRecipe, reward_run, args + ["train.eval_strategy=steps",
+                                                                             "train.eval_steps=2"]) == 0
+    (path,) = tmp_path.glob("reward-*")
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in rows), rows
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # 12 steps: 363 s CPU; 24-30 min wall on 2 cores shared with 3 other engineers' runs
 def test_reward_model_beats_chance_on_the_demo_pairs(tmp_path, reward_args):
