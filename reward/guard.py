@@ -34,6 +34,11 @@ def check(logs: dict, *, kl_ceiling: float | None, min_mean_length: float | None
     return None
 
 
+# At the first step this share of completions already at max_completion_length means the limit is short for the
+# model: then "every completion clipped" a few steps later is sampling noise (8 samples a step), not hacking.
+CLIPPED_AT_START = 0.5
+
+
 @dataclass
 class RewardHackingGuard(TrainerCallback):
     """Stops training when a symptom persists for `patience` consecutive logs; `reason` says which."""
@@ -51,11 +56,14 @@ class RewardHackingGuard(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if CLIPPED in logs and self._clipped_at_start is None:
-            # Already every sample at the limit on the first step: the limit is short for this model, not hacked.
-            self._clipped_at_start = (self.max_clipped_ratio is not None and logs[CLIPPED] >= self.max_clipped_ratio)
+            # Most samples at the limit on the first step: the limit is short for this model; a later 100% can't be
+            # told from noise, so the check is off for this run (noted in the manifest), not silently passed.
+            self._clipped_at_start = (self.max_clipped_ratio is not None
+                                      and logs[CLIPPED] >= min(self.max_clipped_ratio, CLIPPED_AT_START))
             if self._clipped_at_start:
                 self.notes.append(f"length ceiling check off: {logs[CLIPPED]:.0%} of completions already hit "
-                                  "train.max_completion_length at the first step (raise it to watch for length hacking)")
+                                  f"train.max_completion_length at the first step (>= {CLIPPED_AT_START:.0%}; raise "
+                                  "it to watch for length hacking)")
         symptom = check(logs, kl_ceiling=self.kl_ceiling, min_mean_length=self.min_mean_length,
                         max_clipped_ratio=self.max_clipped_ratio, clipped_at_start=bool(self._clipped_at_start))
         if not any(k in logs for k in (KL, MEAN_LENGTH, CLIPPED)):

@@ -39,6 +39,20 @@ def test_clipped_from_the_first_step_is_noted_not_failed():
     assert _log(guard, 3, **{"completions/clipped_ratio": 1.0, "completions/mean_length": 0.5})  # collapse still trips
 
 
+def test_mostly_clipped_at_the_first_step_turns_the_length_check_off():
+    """62.5% clipped at step 1 then 100% (measured on the embedded model at 32 tokens) is the limit, not hacking;
+    under half clipped at the start keeps the check on."""
+    guard = RewardHackingGuard(patience=2, **BOUNDS)
+    for step, clipped in ((1, 0.625), (2, 1.0), (3, 1.0), (4, 1.0)):
+        assert not _log(guard, step, **{"completions/clipped_ratio": clipped, "completions/mean_length": 32})
+    assert "62%" in guard.notes[0] or "63%" in guard.notes[0]
+    watched = RewardHackingGuard(patience=2, **BOUNDS)
+    assert not _log(watched, 1, **{"completions/clipped_ratio": 0.25, "completions/mean_length": 20})
+    assert not _log(watched, 2, **{"completions/clipped_ratio": 1.0, "completions/mean_length": 32})
+    assert _log(watched, 3, **{"completions/clipped_ratio": 1.0, "completions/mean_length": 32})
+    assert "longer always" in watched.reason
+
+
 def test_summary_logs_are_ignored():
     guard = RewardHackingGuard(patience=1, **BOUNDS)
     assert not _log(guard, 5, train_runtime=10.0, train_loss=0.1)
