@@ -154,7 +154,8 @@ def main() -> None:
                     f"{a['gen_share']:.0%} | {a['gen_tok_s']:.0f} | {a['train_tok_s']:.0f} |")
     text = "\n".join([
         "## RLHF step (bench/rlhf_step.py)", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); model {args.model}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f}, the bench included); model {args.model}, "
         f"LoRA r=16 all-linear, RLOO, 8 completions per step (2 prompts x 4), up to {args.completion_tokens} new "
         f"tokens, beta 0.05, same rule reward; mean of steps 2..{args.steps}; {time.strftime('%Y-%m-%d %H:%M')}", "",
         *rows, "",
