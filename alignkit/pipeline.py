@@ -215,7 +215,9 @@ class Pipeline:
             print(f"   gate (recorded): {run.manifest['gate'].upper()}")
             return run.manifest["gate"]
         print(f"== {spec.stage}: eval of {run.id}")
-        run_eval(self.eval_recipe, str(run.adapter_dir), run.path / "eval")
+        parent_adapter = parent.adapter_dir if parent is not None and parent.adapter_dir.is_dir() else None
+        run_eval(self.eval_recipe, str(run.adapter_dir), run.path / "eval",
+                 parent=str(parent_adapter) if parent_adapter else None)  # reward win rate over the parent, if set
         run_gate(spec.gate, str(run.path), str(parent.path) if parent else None)
         return runs.Run(run.path).manifest["gate"]
 

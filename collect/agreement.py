@@ -132,6 +132,27 @@ def self_consistency(votes: Iterable[dict], repeat_of: dict[int, int]) -> dict[s
     return {u: {"repeats": len(xs), "consistency": sum(xs) / len(xs)} for u, xs in sorted(same.items())}
 
 
+def reward_model_agreement(dump: dict) -> dict | None:
+    """How often the annotators' majority picks the answer the pre-ranking reward model scored higher (items with
+    a first/second majority and both scores); None when no pair was pre-ranked."""
+    from collect.export import majority
+
+    per_item: dict[int, list[str]] = {}
+    for v in dump["votes"]:
+        if v["label"] in ("first", "second", "tie", "both_bad"):
+            per_item.setdefault(v["item"], []).append(v["label"])
+    agree = n = 0
+    for item_id, labels in per_item.items():
+        item, cands = dump["items"][item_id], dump.get("candidates", {})
+        scores = [(cands.get(item.get(k)) or {}).get("sampling", {}).get("reward_score") for k in ("first", "second")]
+        label, _share = majority(labels)
+        if item["kind"] != "pair" or None in scores or label not in ("first", "second") or scores[0] == scores[1]:
+            continue
+        n += 1
+        agree += (label == "first") == (scores[0] > scores[1])
+    return {"items": n, "agreement": agree / n} if n else None
+
+
 def summarize(dump: dict, overlap: int) -> dict:
     """Every statistic above from a Store.dump(): what `collect stats` prints and the admin view shows."""
     items, votes = dump["items"], dump["votes"]
@@ -151,6 +172,7 @@ def summarize(dump: dict, overlap: int) -> dict:
         for user, row in table.items():
             annotators.setdefault(user, {}).update(row)
     return {
+        "reward_model_agreement": reward_model_agreement(dump),
         "items": sum(1 for it in items.values() if it["status"] == "ready" and it["kind"] != "repeat"),
         "flagged": sum(1 for it in items.values() if it["status"] == "flagged"),
         "complete": complete,

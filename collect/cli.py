@@ -270,6 +270,10 @@ def cmd_stats(args) -> int:
         print(f"{user:16} {a.get('votes', 0):6d} {a.get('skips', 0):6d} {f(a.get('median_s'), 1):>9} "
               f"{f(a.get('left_rate')):>10} {f(a.get('p_value')):>8} {f(a.get('accuracy')):>9} "
               f"{f(a.get('consistency')):>10}")
+    if s["reward_model_agreement"]:
+        r = s["reward_model_agreement"]
+        print(f"pre-ranking reward model: the annotators' majority picks its higher-scored answer on "
+              f"{r['agreement']:.0%} of {r['items']} items")
     if s["pairs"]:
         print(f"\n{'pair':34} {'items':>6} {'agree':>6} {'kappa':>7}")
         for p in s["pairs"]:

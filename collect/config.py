@@ -24,6 +24,10 @@ class GenerationConfig:
         default=0.9, metadata={"help": "Pairs at least this similar (difflib ratio, 0–1) are flagged and regenerated."})
     max_attempts: int = field(default=3, metadata={"help": "Regenerations of a near-identical pair before giving up."})
     threads: int = field(default=1, metadata={"help": "torch threads for the worker (leave cores to the server)."})
+    prerank: str | None = field(
+        default=None, metadata={"help": "A reward run (that passed its gate) scoring both answers of every new "
+                                        "pair: stored with each candidate, exported with the pair, and `collect "
+                                        "stats` shows how often the annotators' majority agrees with it."})
 
     def __post_init__(self):
         if not 0 < self.near_duplicate <= 1:

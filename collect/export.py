@@ -105,11 +105,20 @@ def build(dump: dict, rules: ExportRules) -> dict:
                 "chosen_source": source, "chosen_generator": won["generator"],
                 "rejected_generator": lost["generator"], "original_chosen": won["text"],
                 "category": prompts[item["prompt_id"]]["category"] or "",
+                **_prerank(won, lost),
             },
         })
     return {"pairs": pairs, "kto": kto, "sft": sft,
             "report": {"pairs": len(pairs), "kto": len(kto), "sft": len(sft), "dropped": dict(dropped),
                        "rules": rules.__dict__}}
+
+
+def _prerank(won: dict, lost: dict) -> dict:
+    """The pre-ranking reward model's scores of the chosen and rejected answer, when the worker recorded them."""
+    a, b = (c.get("sampling", {}).get("reward_score") for c in (won, lost))
+    if a is None or b is None:
+        return {}
+    return {"reward_chosen": a, "reward_rejected": b, "reward_agrees": a > b}
 
 
 def _strength_name(mean: float | None) -> str:

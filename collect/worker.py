@@ -74,6 +74,7 @@ class Worker:
     def __init__(self, store, cfg: GenerationConfig, load: Callable[[], tuple[Generator, Generator]]):
         self.store, self.cfg, self._load = store, cfg, load
         self._gens: tuple[Generator, Generator] | None = None
+        self._scorer = None  # the pre-ranking reward model (generation.prerank), loaded with the generators
         self.flagged: dict[int, int] = {}  # prompt id → flagged attempts in this run
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -99,17 +100,27 @@ class Worker:
 
                 torch.set_num_threads(self.cfg.threads)
             self._gens = self._load()
+            if self.cfg.prerank:
+                from alignkit.reward_model import RewardScorer
+
+                self._scorer = RewardScorer.load(self.cfg.prerank)  # refuses one that failed its gate
         first, second = self._gens
         seed = self.cfg.seed + 2 * self.store.item_count()  # new seeds every batch, also after a restart
         convs = [msgs for _, msgs in batch]
         texts_a, texts_b = first(convs, seed), second(convs, seed + 1)
+        scores_a = scores_b = [None] * len(convs)
+        if self._scorer is not None:  # pre-ranking: the reward model's view of each answer, before any human's
+            scores = self._scorer.score(convs + convs, list(texts_a) + list(texts_b))
+            scores_a, scores_b = scores[:len(convs)], scores[len(convs):]
         made = 0
-        for (pid, _), a, b in zip(batch, texts_a, texts_b):
+        for (pid, _), a, b, ra, rb in zip(batch, texts_a, texts_b, scores_a, scores_b):
             sim = similarity(a, b)
             flagged = sim >= self.cfg.near_duplicate or not a.strip() or not b.strip()
-            self.store.add_item(pid, (a, first.name, replace(first.sampling, seed=seed).as_dict()),
-                                (b, second.name, replace(second.sampling, seed=seed + 1).as_dict()),
-                                similarity=sim, flagged=flagged)
+            meta_a, meta_b = replace(first.sampling, seed=seed).as_dict(), replace(second.sampling, seed=seed + 1).as_dict()
+            if ra is not None:
+                meta_a["reward_score"], meta_b["reward_score"] = round(ra, 6), round(rb, 6)
+            self.store.add_item(pid, (a, first.name, meta_a), (b, second.name, meta_b), similarity=sim,
+                                flagged=flagged)
             if flagged:
                 self.flagged[pid] = self.flagged.get(pid, 0) + 1  # the prompt stays in todo(): regenerated
             else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alignkit.errors import UserError
 
-USAGE = ("alignkit eval --config FILE [--adapter DIR] [--suite NAME[=PATH]]… [--out DIR] [key.sub=value …]\n"
+USAGE = ("alignkit eval --config FILE [--adapter DIR [--parent DIR]] [--suite NAME[=PATH]]… [--out DIR] [key.sub=value …]\n"
          "       alignkit eval classify --input FILE --out FILE [--judge MODEL_DIR]")
 
 
@@ -27,6 +27,8 @@ def register(sub) -> None:
                    help="recipe overrides; or the word `classify` for the refusal classifier")
     p.add_argument("--config", help="eval recipe YAML, e.g. recipes/smollm2/eval.yaml")
     p.add_argument("--adapter", help="PEFT adapter directory to evaluate (its run gets eval/ and the manifest entry)")
+    p.add_argument("--parent", help="the adapter this one was trained from: with reward.model set, the reward-model "
+                                    "win rate is taken over its answers instead of the base model's")
     p.add_argument("--suite", action="append", default=[], metavar="NAME[=PATH]",
                    help="add a suite: a bundled name, or name=file/folder/Hub id (xstest, advbench, harmbench, mmlu, "
                         "arc, hellaswag …)")
@@ -83,7 +85,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
         out_dir = run.path / "eval"
     else:
         out_dir = Path(recipe.output.dir) / f"eval-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    report = run_eval(recipe, adapter, out_dir)
+    report = run_eval(recipe, adapter, out_dir, parent=args.parent)
     if run is not None:
         run.update(eval={"report": str(out_dir / "report.json"), "metrics": summary(report)})
     for key, value in summary(report).items():

@@ -104,6 +104,15 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
+class RewardEvalConfig:
+    model: str | None = field(default=None, metadata={
+        "help": "A reward run (or its adapter/) that passed its gate: each generation suite gets `reward_win_rate`, "
+                "the share of prompts where the reward model scores the adapter's answer above the parent's "
+                "(--parent) or, without a parent, the base arm's (ties count half)."})
+    batch_size: int = field(default=16, metadata={"help": "Answers per reward-model forward."})
+
+
+@dataclass(frozen=True)
 class EvalRecipe:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base model (as trained on)."})
     suites: list = field(default_factory=lambda: ["harmful", "benign", "mc", "passages", "kl"],
@@ -112,6 +121,7 @@ class EvalRecipe:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    reward: RewardEvalConfig = field(default_factory=RewardEvalConfig)
     decontamination: list = field(default_factory=list, metadata={
         "help": "Training files checked for 13-gram overlap with every suite (default: the adapter run's data)."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

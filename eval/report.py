@@ -33,6 +33,10 @@ def markdown(report: dict) -> str:
              f"- arms: {', '.join(report['arm_names'])}", f"- refusal detector: `{report['detector']}`",
              f"- generation: greedy, max_new_tokens={report['generation']['max_new_tokens']}",
              f"- wall time: {report['wall_time_s']} s", ""]
+    if report.get("reward"):
+        r = report["reward"]
+        lines += [f"Reward model `{r['model']}`: `reward_win_rate` is the share of prompts where it scores the adapter's "
+                  f"answer above the {r['reference'] or 'base'} model's (ties half).", ""]
     if report.get("system_prompt"):
         lines += [f"Prompted arm system prompt: _{report['system_prompt']}_", ""]
     table = rows(report)

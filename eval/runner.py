@@ -77,8 +77,13 @@ def check_adapter(recipe: EvalRecipe, adapter: str) -> None:
     models.check_adapter_base(adapter, recipe.model.base)  # also: no adapter_config.json → not a PEFT adapter
 
 
-def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progress: bool = True) -> dict:
-    """Evaluate the recipe's suites on every arm; write report.json/.md and plots to out_dir; return the report."""
+def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progress: bool = True,
+             parent: str | None = None) -> dict:
+    """Evaluate the recipe's suites on every arm; write report.json/.md and plots to out_dir; return the report.
+
+    `parent`: the adapter this one was trained from; with `reward.model` set, the reward-model win rate of the
+    adapter is taken over the parent's answers (from the cache, or generated here) instead of the base arm's.
+    """
     from eval import judge as judges
     from eval import report as reports
 
@@ -100,23 +105,34 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
     cache = cache_root(recipe)
     results: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
     cached: dict[str, bool] = {}
+    def result(pol: Policy, sha: str | None, arm: str, suite: Suite, name: str = "") -> dict:
+        """One (arm, suite) result from the cache, else computed (and cached)."""
+        key = _cache_key(model_key, sha if arm in ("adapter",) or suite.kind == "kl" else None, arm, recipe,
+                         suite, detector_name)
+        path = cache / f"{key}.json"
+        hit = read_json(path, None) if recipe.cache.enabled else None
+        cached[f"{name or arm}/{suite.name}"] = hit is not None
+        if hit is None:
+            t = time.time()
+            print(f"eval: {name or arm} · {suite.name} ({len(suite.items)} items)", flush=True)
+            hit = _run_suite(pol, tokenizer, arm, suite, recipe, label, progress)
+            hit["seconds"] = round(time.time() - t, 1)
+            if recipe.cache.enabled:
+                write_json(path, hit)
+        return hit
+
     for arm in arms:
         for suite in suites:
             if suite.skipped or not _applies(suite.kind, arm):
                 continue
-            key = _cache_key(model_key, ad_sha if arm in ("adapter",) or suite.kind == "kl" else None, arm, recipe,
-                             suite, detector_name)
-            path = cache / f"{key}.json"
-            hit = read_json(path, None) if recipe.cache.enabled else None
-            cached[f"{arm}/{suite.name}"] = hit is not None
-            if hit is None:
-                t = time.time()
-                print(f"eval: {arm} · {suite.name} ({len(suite.items)} items)", flush=True)
-                hit = _run_suite(policy, tokenizer, arm, suite, recipe, label, progress)
-                hit["seconds"] = round(time.time() - t, 1)
-                if recipe.cache.enabled:
-                    write_json(path, hit)
-            results[arm][suite.name] = hit
+            results[arm][suite.name] = result(policy, ad_sha, arm, suite)
+    reward_info = None
+    if recipe.reward.model and "adapter" in results:
+        if parent:
+            check_adapter(recipe, parent)
+            parent_policy, parent_sha = Policy(recipe, parent), adapter_sha256(parent)  # loads only on a cache miss
+        reward_info = reward_win_rates(recipe, suites, results, lambda s: result(
+            parent_policy, parent_sha, "adapter", s, "parent") if parent else None)
     report = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {"base": recipe.model.base, "quantization": recipe.model.quantization},
@@ -127,7 +143,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
         "detector": detector_name,
         "suites": {s.name: {"kind": s.kind, "source": s.source, "items": len(s.items), "sha256": s.sha256,
                             "skipped": s.skipped} for s in suites},
-        "arms": results, "uplift": uplift(results), "decontamination": decontamination(recipe, adapter, suites),
+        "arms": results, "reward": reward_info, "uplift": uplift(results), "decontamination": decontamination(recipe, adapter, suites),
         "cache_dir": str(cache), "from_cache": cached, "wall_time_s": round(time.time() - started, 1),
     }
     for s in suites:
@@ -135,6 +151,46 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
             print(f"eval: suite {s.name} skipped: {s.skipped}")
     reports.write(report, Path(out_dir), recipe.tracking)
     return report
+
+
+GENERATION_KINDS = ("safety", "task")
+
+
+def _conversation(suite: Suite, item: dict) -> list[dict]:
+    return item["messages"] if suite.kind == "task" else [{"role": "user", "content": item["prompt"]}]
+
+
+def reward_win_rates(recipe: EvalRecipe, suites: list[Suite], results: dict, parent_result) -> dict:
+    """Per generation suite: how often the reward model prefers the adapter's answer to the reference's (the
+    parent adapter's when `parent_result(suite)` gives one, else the base arm's), added to the adapter arm's
+    metrics as `reward_win_rate` (ties 0.5; 95% bootstrap interval), with both arms' mean scores."""
+    from alignkit.reward_model import RewardScorer
+
+    scorer = RewardScorer.load(recipe.reward.model)  # refuses a reward model that failed its gate
+    info = {"model": recipe.reward.model, "reference": None, "suites": {}}
+    for suite in suites:
+        if suite.skipped or suite.kind not in GENERATION_KINDS or suite.name not in results["adapter"]:
+            continue
+        ref = parent_result(suite)
+        info["reference"] = "parent" if ref is not None else "base"
+        if ref is None:
+            ref = results.get("base", {}).get(suite.name)
+        if ref is None:
+            continue
+        mine = {row["id"]: row["response"] for row in results["adapter"][suite.name]["items"]}
+        theirs = {row["id"]: row["response"] for row in ref["items"]}
+        items = [it for it in suite.items if it["id"] in mine and it["id"] in theirs]
+        convs = [_conversation(suite, it) for it in items]
+        scores = scorer.score(convs + convs, [mine[it["id"]] for it in items] + [theirs[it["id"]] for it in items],
+                              batch_size=recipe.reward.batch_size)
+        cand, refs = scores[:len(items)], scores[len(items):]
+        wins = {it["id"]: 1.0 if c > r else 0.5 if c == r else 0.0 for it, c, r in zip(items, cand, refs)}
+        results["adapter"][suite.name]["metrics"]["reward_win_rate"] = stats.metric("mean", wins)
+        info["suites"][suite.name] = {"win_rate": sum(wins.values()) / len(wins) if wins else float("nan"),
+                                      "mean_adapter": sum(cand) / len(cand) if cand else float("nan"),
+                                      "mean_reference": sum(refs) / len(refs) if refs else float("nan"),
+                                      "n": len(wins)}
+    return info
 
 
 def _applies(kind: str, arm: str) -> bool:

@@ -35,6 +35,29 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def tiny_reward_adapter(tiny_model_dir, tmp_path_factory) -> str:
+    """A reward model on the tiny model: sequence-classification LoRA + score head, weights far from init so
+    scores differ between answers (an adapter folder without a run: no gate to check)."""
+    import torch
+
+    from alignkit import models
+    from alignkit.sections import ModelConfig
+
+    tok, _ = models.load_tokenizer(tiny_model_dir)
+    model = models.load_model(ModelConfig(base=tiny_model_dir), sequence_classification=True, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    model = models.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, task_type="SEQ_CLS")
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for _name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.5)
+    out = tmp_path_factory.mktemp("tiny-reward") / "adapter"
+    models.save_adapter(model, tok, out)
+    return str(out)
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch) -> Path:
     """Run the test inside a temp folder that has the repo's recipes/ and eval/data linked in."""

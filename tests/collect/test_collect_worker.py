@@ -106,3 +106,40 @@ def test_worker_with_the_embedded_model(tmp_path):
         worker.step(force=True)
     texts = [c["text"] for c in store.dump()["candidates"].values()]
     assert len(texts) >= 4 and all(t.strip() for t in texts)
+
+
+def test_prerank_scores_each_pair_with_the_reward_model(tmp_path, tiny_reward_adapter):
+    """generation.prerank: both answers scored when generated, stored with each candidate, exported with the pair;
+    stats count how often the annotators' majority agrees with the reward model."""
+    from alignkit.reward_model import RewardScorer
+    from collect.agreement import summarize
+    from collect.export import ExportRules, build
+
+    store = make_store(f"sqlite:///{tmp_path}/c.db", overlap=1)
+    _prompts(store, 3)
+    a = Scripted("policy", [["Sure: preheat to 220 C.", "I can't help with that.", "Paris."]])
+    b = Scripted("policy", [["No idea, sorry.", "Here is a detailed plan you asked for.", "It is Lyon, I think."]])
+    worker = Worker(store, GenerationConfig(batch_size=8, ahead=8, prerank=tiny_reward_adapter), lambda: (a, b))
+    assert worker.step() == 3
+    dump = store.dump()
+    convs = [p for _, p in store.prompts()]
+    scorer = RewardScorer.load(tiny_reward_adapter)
+    expected = scorer.score(convs + convs, ["Sure: preheat to 220 C.", "I can't help with that.", "Paris.",
+                                            "No idea, sorry.", "Here is a detailed plan you asked for.",
+                                            "It is Lyon, I think."])
+    by_text = {c["text"]: c["sampling"]["reward_score"] for c in dump["candidates"].values()}
+    assert [by_text[t] for t in ("Sure: preheat to 220 C.", "No idea, sorry.")] == \
+        pytest.approx([expected[0], expected[3]], abs=1e-5)
+
+    store.add_user("ann", "annotator", "password-1")
+    for _ in range(3):  # always pick the left answer: a known mix of agreeing and disagreeing with the model
+        shown = store.next_item("ann")
+        store.submit("ann", shown.assignment_id, "a", shown.idempotency_key, then_next=False)
+    dump = store.dump()
+    pairs = build(dump, ExportRules())["pairs"]
+    assert len(pairs) == 3
+    agree = [p["metadata"]["reward_agrees"] for p in pairs]
+    assert all(p["metadata"]["reward_agrees"] == (p["metadata"]["reward_chosen"] > p["metadata"]["reward_rejected"])
+               for p in pairs)
+    stats = summarize(dump, 1)["reward_model_agreement"]
+    assert stats == {"items": 3, "agreement": pytest.approx(sum(agree) / 3)}

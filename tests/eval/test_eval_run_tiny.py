@@ -97,3 +97,38 @@ def test_adapter_for_another_base_and_non_adapter_exit_2(recipe_file, adapter, t
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--config", str(recipe_file), "--adapter", str(tmp_path / "plain")])
     assert exit_.value.code == 2 and "not a PEFT adapter" in capsys.readouterr().err
+
+
+def test_reward_model_win_rate_over_the_base_and_over_a_parent(recipe_file, adapter, tiny_reward_adapter, tmp_path,
+                                                                 monkeypatch):
+    from alignkit.reward_model import RewardScorer
+
+    monkeypatch.chdir(ROOT)
+    rm = tiny_reward_adapter
+    recipe = load_recipe(recipe_file, EvalRecipe, [f"reward.model={rm}", "arms.prompted=false",
+                                                   "suites=[{name: harmful, limit: 4}, {name: benign, limit: 4}, "
+                                                   "{name: mc, limit: 3}]"])
+    report = run_eval(recipe, str(adapter), tmp_path / "out")
+    assert report["reward"]["reference"] == "base" and set(report["reward"]["suites"]) == {"harmful", "benign"}
+    scorer = RewardScorer.load(rm)
+    for suite in ("harmful", "benign"):
+        mine, base = report["arms"]["adapter"][suite]["items"], report["arms"]["base"][suite]["items"]
+        convs = [[{"role": "user", "content": row["prompt"]}] for row in mine]
+        ours = scorer.score(convs, [row["response"] for row in mine])
+        theirs = scorer.score(convs, [row["response"] for row in base])
+        expected = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(ours, theirs)) / len(ours)
+        got = report["arms"]["adapter"][suite]["metrics"]["reward_win_rate"]
+        assert got["value"] == pytest.approx(expected) and got["n"] == 4
+    assert "reward_win_rate" in (tmp_path / "out" / "report.md").read_text()
+
+    # the adapter against itself as parent: identical answers, every prompt a tie
+    same = run_eval(recipe, str(adapter), tmp_path / "self", parent=str(adapter))
+    assert same["reward"]["reference"] == "parent"
+    assert [s["win_rate"] for s in same["reward"]["suites"].values()] == [0.5, 0.5]
+
+
+def test_reward_model_that_is_not_one_exits_2(recipe_file, adapter, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--config", str(recipe_file), "--adapter", str(adapter), f"reward.model={tmp_path}",
+              "suites=[{name: harmful, limit: 2}]", "arms.prompted=false"])
+    assert exit_.value.code == 2 and "not a reward run directory" in capsys.readouterr().err
