@@ -130,4 +130,5 @@ def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path)
                           f"train.label_smoothing={smoothing}"])
     opened = SimpleNamespace(run=SimpleNamespace(path=tmp_path, id="dpo-test"), wandb=None)
     args = stage.trl_args(DPOConfig, recipe.train, opened, recipe.tracking, DPO_DEFAULTS)
-    assert args.loss_type == [loss_type] and args.precompute_ref_log_probs and args.label_smoothing == smoothing
+    assert args.loss_type == [loss_type] and args.label_smoothing == smoothing
+    assert args.precompute_ref_log_probs is False  # dpo.yaml's partial epoch scores the reference in each step
