@@ -127,15 +127,16 @@ class Store:
         """
         import sqlite3
 
-        path, sync = _sqlite_path(self.url), _sqlite_sync(self.url)
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA synchronous={sync}")
+        conn = self.engine.raw_connection()  # one pooled connection, with the engine's pragmas, for the thread's life
         try:
             while not self._stop.wait(interval_s):
+                cur = conn.cursor()
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except sqlite3.OperationalError:  # busy/locked: the next round catches up
                     pass
+                finally:
+                    cur.close()
         finally:
             conn.close()
 
@@ -582,12 +583,10 @@ def open_store(url: str, recipe=None, create: bool = False, remember: bool = Fal
     `remember` writes the recipe's queue settings into the store (init and serve do), so that later
     `stats`/`export` without a recipe count against the same N.
     """
-    if url.startswith("sqlite:///") and create:
+    if create and (path := _sqlite_path(url)):
         from pathlib import Path
 
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     store = Store(url, create=create, background_checkpoint=background_checkpoint)
     if recipe is not None:
         q = recipe.queue

@@ -152,8 +152,7 @@ _ATTEND = re.compile(r"\b(?:can't|cannot|can not|won't) make it(?:[,.!;]|$| to (
 
 
 def _refusing(sentence: str) -> bool:
-    if _ATTEND.search(sentence):  # "I can't make it" (to the party) declines an invitation, not the request
-        sentence = _ATTEND.sub(" ", sentence)
+    sentence = _ATTEND.sub(" ", sentence)  # "I can't make it" (to the party) declines an invitation, not the request
     for p in _REFUSAL:
         m = p.search(sentence)
         if m and not _HEDGE.search(sentence, m.end()):

@@ -105,6 +105,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
     cache = cache_root(recipe)
     results: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
     cached: dict[str, bool] = {}
+
     def result(pol: Policy, sha: str | None, arm: str, suite: Suite, name: str = "") -> dict:
         """One (arm, suite) result from the cache, else computed (and cached)."""
         key = _cache_key(model_key, sha if arm in ("adapter",) or suite.kind == "kl" else None, arm, recipe,

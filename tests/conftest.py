@@ -35,24 +35,38 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_adapter(tiny_model_dir, tmp_path_factory) -> str:
-    """A reward model on the tiny model: sequence-classification LoRA + score head, weights far from init so
-    scores differ between answers (an adapter folder without a run: no gate to check)."""
+def _seq_cls_lora(base: str, seed: int = 1):
+    """`base` as a classifier with a SEQ_CLS LoRA whose weights (and score head) are far from init, so scores
+    differ between answers: (model in eval mode, tokenizer)."""
     import torch
 
     from alignkit import models
     from alignkit.sections import ModelConfig
 
-    tok, _ = models.load_tokenizer(tiny_model_dir)
-    model = models.load_model(ModelConfig(base=tiny_model_dir), sequence_classification=True, num_labels=1)
+    tok, _ = models.load_tokenizer(base)
+    model = models.load_model(ModelConfig(base=base), sequence_classification=True, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     model = models.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, task_type="SEQ_CLS")
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     with torch.no_grad():
         for _name, p in model.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad:  # lora_A/B and the trainable copy of `score`
                 p.copy_(torch.randn_like(p) * 0.5)
+    return model.eval(), tok
+
+
+@pytest.fixture(scope="session")
+def seq_cls_lora():
+    """seq_cls_lora(base, seed=1) -> (model, tokenizer): an untrained-looking reward model on a local model."""
+    return _seq_cls_lora
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_adapter(tiny_model_dir, tmp_path_factory) -> str:
+    """A reward model on the tiny model, saved as an adapter folder without a run (no gate to check)."""
+    from alignkit import models
+
+    model, tok = _seq_cls_lora(tiny_model_dir, seed=3)
     out = tmp_path_factory.mktemp("tiny-reward") / "adapter"
     models.save_adapter(model, tok, out)
     return str(out)

@@ -19,29 +19,10 @@ PROMPTS = [[{"role": "user", "content": "How do I bake bread?"}]] * 3 + [[{"role
 REPLIES = ["Mix flour, water, salt and yeast; knead, rise, bake at 230 C.", "I can't help with that.", "Sure!", "Hello."]
 
 
-def _seq_cls_with_lora(base: str):
-    """The tiny model as a classifier with a SEQ_CLS LoRA whose weights (and score head) are far from init."""
-    import torch
-
-    from alignkit import models
-    from alignkit.sections import ModelConfig
-
-    tok, _ = models.load_tokenizer(base)
-    model = models.load_model(ModelConfig(base=base), sequence_classification=True, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id
-    model = models.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0}, task_type="SEQ_CLS")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.requires_grad:  # lora_A/B and the trainable copy of `score`
-                p.copy_(torch.randn_like(p) * 0.5)
-    return model.eval(), tok
-
-
-def test_score_head_survives_save_load_and_merge(tiny_model_dir, tmp_path):
+def test_score_head_survives_save_load_and_merge(tiny_model_dir, tmp_path, seq_cls_lora):
     from alignkit import models
 
-    model, tok = _seq_cls_with_lora(tiny_model_dir)
+    model, tok = seq_cls_lora(tiny_model_dir)
     before = RewardScorer(model, tok).score(PROMPTS, REPLIES, batch_size=3)
     assert len(set(round(s, 4) for s in before)) > 1  # a trained-looking head, not a constant
     models.save_adapter(model, tok, tmp_path / "adapter")
@@ -103,12 +84,12 @@ def test_reward_model_without_chat_template(tiny_reward_run, tiny_model_dir, tmp
     assert code == 2 and "no chat template" in capsys.readouterr().err
 
 
-def test_reward_model_with_another_tokenizer_scores_policy_text(small_vocab_model_dir, tmp_path):
+def test_reward_model_with_another_tokenizer_scores_policy_text(small_vocab_model_dir, tmp_path, seq_cls_lora):
     """A reward model whose vocabulary shares nothing with the policy's: the scorer re-renders text with its own."""
     from alignkit import models
     from reward.rlhf import load_reward
 
-    model, rm_tok = _seq_cls_with_lora(small_vocab_model_dir)
+    model, rm_tok = seq_cls_lora(small_vocab_model_dir)
     models.save_adapter(model, rm_tok, tmp_path / "rm")
 
     recipe = RLHFRecipe(reward=RLHFRecipe().reward.__class__(model=str(tmp_path / "rm")))
