@@ -7,10 +7,8 @@ reservations and adding one cannot interleave with another annotator doing the s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import secrets
 import threading
 import time
 import uuid
@@ -19,19 +17,18 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, func, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from alignkit.errors import UserError
+from collect.auth import ROLES, UsersMixin, hash_password, is_text, sha
 from collect.models import Assignment, Audit, Base, Candidate, Item, LoginSession, Meta, Prompt, User, Vote
 
 __all__ = ["Assignment", "Audit", "Candidate", "Conflict", "Item", "LoginSession", "Meta", "Prompt", "Receipt",
-           "Shown", "Store", "User", "Vote", "hash_password", "open_store", "prompt_key"]
+           "ROLES", "Shown", "Store", "User", "Vote", "hash_password", "open_store", "prompt_key"]
 
-ROLES = ("annotator", "admin")
 CHOICES = ("a", "b", "tie", "both_bad", "skip")
 STRENGTHS = ("slight", "clear", "decisive")
-SESSION_HOURS = 12
 
 
 @dataclass(frozen=True)
@@ -63,37 +60,11 @@ class Conflict(Exception):
     """A submit the queue refuses (expired and refilled reservation, someone else's item); HTTP 409."""
 
 
-def hash_password(password: str) -> str:
-    """argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile)."""
-    from argon2 import PasswordHasher
-
-    if len(password) < 8:
-        raise UserError("password: at least 8 characters")
-    return PasswordHasher().hash(password)
-
-
-def _verify(stored: str, password: str) -> bool:
-    from argon2 import PasswordHasher
-    from argon2.exceptions import InvalidHashError, VerificationError
-
-    try:
-        return PasswordHasher().verify(stored, password)
-    except (VerificationError, InvalidHashError):
-        return False
-
-
-_DUMMY_HASH: list[str] = []
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def prompt_key(messages: list) -> str:
-    return _sha(json.dumps(messages, sort_keys=True, ensure_ascii=False))
+    return sha(json.dumps(messages, sort_keys=True, ensure_ascii=False))
 
 
-class Store:
+class Store(UsersMixin):
     """All reads and writes of the labeling data; safe to share between threads of one server."""
 
     def __init__(self, url: str, overlap: int = 3, reservation_minutes: float = 15.0,
@@ -102,6 +73,8 @@ class Store:
         self.overlap, self.reservation_s = overlap, reservation_minutes * 60
         self.repeat_every, self.repeat_gap = repeat_every, repeat_gap
         self.sqlite = url.startswith("sqlite")
+        if self.sqlite:
+            _check_sqlite_file(url, create)
         self._lock = threading.Lock()  # SQLite: one writer at a time in-process, no busy-wait backoff
         self._rng = random.SystemRandom()
         self._checkpointer: threading.Thread | None = None
@@ -110,7 +83,11 @@ class Store:
         self.engine = _engine(url, autocheckpoint=not background_checkpoint)
         self._writer = self.engine.execution_options(alignkit_write=True)
         if create:
-            Base.metadata.create_all(self.engine)
+            try:
+                Base.metadata.create_all(self.engine)
+            except DBAPIError as e:
+                self.engine.dispose()
+                raise UserError(f"{_safe_url(url)}: cannot create the store: {_first_line(e)}") from None
         else:
             self._check_schema()
         if background_checkpoint:
@@ -151,9 +128,10 @@ class Store:
         try:
             with self.read() as s:
                 s.execute(select(User.id).limit(1))
-        except OperationalError as e:
-            raise UserError(f"{self.url}: not an alignkit collect store (run `alignkit collect init` first): "
-                            f"{str(e.orig).splitlines()[0]}") from None
+        except DBAPIError as e:  # no such table, not a database, connection refused, bad connection option …
+            self.engine.dispose()
+            raise UserError(f"{_safe_url(self.url)}: not an alignkit collect store (run `alignkit collect init` "
+                            f"first): {_first_line(e)}") from None
 
     # ---- transactions -------------------------------------------------------------------------------
 
@@ -187,87 +165,54 @@ class Store:
             row = s.get(Meta, key)
             return json.loads(row.value) if row else default
 
-    # ---- users and sessions ---------------------------------------------------------------------------
-
-    def add_user(self, name: str, role: str, password: str, by: str = "cli") -> None:
-        if role not in ROLES:
-            raise UserError(f"role '{role}': expected one of {', '.join(ROLES)}")
-        if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise UserError(f"user name '{name}': use 1–64 letters, digits, '-', '_' or '.'")
-        digest = hash_password(password)
-        with self.write() as s:
-            user = s.scalar(select(User).where(User.name == name))
-            if user is None:
-                s.add(User(name=name, role=role, password_hash=digest, active=True, created_at=time.time()))
-                self.audit(s, by, "user_add", name=name, role=role)
-            else:
-                user.role, user.password_hash, user.active = role, digest, True
-                self.audit(s, by, "user_update", name=name, role=role)
-
-    def users(self) -> list[dict]:
-        with self.read() as s:
-            return [{"name": u.name, "role": u.role, "active": u.active} for u in s.scalars(select(User))]
-
-    def check_password(self, name: str, password: str) -> dict | None:
-        """The user (name, role) when the password matches; a dummy hash keeps timing alike for unknown names."""
-        with self.read() as s:
-            user = s.scalar(select(User).where(User.name == name, User.active.is_(True)))
-            stored = user.password_hash if user else None
-        if stored is None:
-            if not _DUMMY_HASH:
-                _DUMMY_HASH.append(hash_password("not-a-real-password"))
-            _verify(_DUMMY_HASH[0], password)
-            return None
-        return {"name": user.name, "role": user.role} if _verify(stored, password) else None
-
-    def login(self, name: str, password: str) -> str | None:
-        """A new session token for a correct password, else None; the store keeps only its sha256."""
-        user = self.check_password(name, password)
-        with self.write() as s:
-            if user is None:
-                self.audit(s, name[:64], "login_failed")
-                return None
-            token = secrets.token_urlsafe(32)
-            uid = s.scalar(select(User.id).where(User.name == name))
-            now = time.time()
-            s.add(LoginSession(token_sha256=_sha(token), user_id=uid, created_at=now,
-                               expires_at=now + SESSION_HOURS * 3600))
-            self.audit(s, name, "login")
-        return token
-
-    def session_user(self, token: str | None) -> dict | None:
-        if not token:
-            return None
-        with self.read() as s:
-            row = s.execute(select(User.name, User.role).join(LoginSession, LoginSession.user_id == User.id)
-                            .where(LoginSession.token_sha256 == _sha(token), LoginSession.expires_at > time.time(),
-                                   User.active.is_(True))).first()
-        return {"name": row.name, "role": row.role} if row else None
-
-    def logout(self, token: str) -> None:
-        with self.write() as s:
-            sess = s.get(LoginSession, _sha(token))
-            if sess is not None:
-                s.delete(sess)
-
-    def role(self, name: str | None) -> str | None:
-        with self.read() as s:
-            return s.scalar(select(User.role).where(User.name == name, User.active.is_(True))) if name else None
-
     # ---- prompts, candidates, items -------------------------------------------------------------------
 
     def add_prompts(self, records: list[dict]) -> int:
         """Insert prompts ({'prompt': [messages], 'category': …}); ones already stored are skipped."""
-        added = 0
+        return self.load(records)["prompts"]
+
+    def load(self, prompts: list[dict] = (), gold: list[dict] = (), settings: dict | None = None) -> dict:
+        """`collect init` in one transaction: queue settings, new prompts, new gold items; all or nothing.
+
+        Gold records are {'prompt': [messages], 'category', 'chosen': str, 'rejected': str}; one with the same
+        prompt, chosen and rejected text as a stored gold item is skipped, so re-running a file adds nothing.
+        """
         with self.write() as s:
-            known = set(s.scalars(select(Prompt.key)))
-            for rec in records:
+            for k, v in (settings or {}).items():
+                row = s.get(Meta, k)
+                if row is None:
+                    s.add(Meta(key=k, value=json.dumps(v)))
+                else:
+                    row.value = json.dumps(v)
+            ids = {key: pid for pid, key in s.execute(select(Prompt.id, Prompt.key))}
+            added = {"prompts": 0, "gold": 0}
+            for n, rec in enumerate([*prompts, *gold]):
                 key = prompt_key(rec["prompt"])
-                if key not in known:
-                    s.add(Prompt(key=key, messages=rec["prompt"], category=rec.get("category")))
-                    known.add(key)
-                    added += 1
-            self.audit(s, "cli", "prompts_add", added=added)
+                if key not in ids:
+                    p = Prompt(key=key, messages=rec["prompt"], category=rec.get("category"))
+                    s.add(p)
+                    s.flush()
+                    ids[key] = p.id
+                    added["prompts"] += n < len(prompts)  # a gold item's own prompt is not counted as one
+            if gold:
+                first, second = aliased(Candidate), aliased(Candidate)
+                known = set(s.execute(select(Item.prompt_id, first.text, second.text)
+                                      .join(first, first.id == Item.first_id).join(second, second.id == Item.second_id)
+                                      .where(Item.kind == "gold")).all())
+                now = time.time()
+                for rec in gold:
+                    pid = ids[prompt_key(rec["prompt"])]
+                    if (pid, rec["chosen"], rec["rejected"]) in known:
+                        continue
+                    known.add((pid, rec["chosen"], rec["rejected"]))
+                    c1, c2 = (Candidate(prompt_id=pid, text=text, generator="gold", sampling={}, created_at=now)
+                              for text in (rec["chosen"], rec["rejected"]))
+                    s.add_all([c1, c2])
+                    s.flush()
+                    s.add(Item(prompt_id=pid, first_id=c1.id, second_id=c2.id, kind="gold", gold="first",
+                               status="ready", similarity=0.0, created_at=now))
+                    added["gold"] += 1
+            self.audit(s, "cli", "prompts_add", added=added["prompts"], gold=added["gold"])
         return added
 
     def prompts(self) -> list[tuple[int, list]]:
@@ -397,27 +342,34 @@ class Store:
             raise Conflict(f"choice must be one of {', '.join(CHOICES)}")
         if strength not in (None, "", *STRENGTHS):
             raise Conflict(f"strength must be one of {', '.join(STRENGTHS)}")
-        if not idempotency_key or len(idempotency_key) > 128:
+        if not is_text(idempotency_key) or not 1 <= len(idempotency_key) <= 128:
             raise Conflict("idempotency_key: 1–128 characters")
+        if type(assignment_id) is not int or not 0 < assignment_id <= MAX_ID:
+            raise Conflict("no such reservation for this user")
+        for what, value, limit in (("rationale", rationale, 20_000), ("ideal", ideal, 50_000)):
+            if value and (not is_text(value) or len(value) > limit):
+                raise Conflict(f"{what}: text of at most {limit} characters")
         try:
             with self.write() as s:
                 return self._submit(s, user, assignment_id, choice, idempotency_key, strength or None,
                                     rationale or "", ideal or "", then_next)
         except IntegrityError:  # PostgreSQL: the same key committed by a concurrent retry between check and insert
             with self.write() as s:
-                return self._replay(s, user, idempotency_key, then_next)
+                return self._replay(s, user, assignment_id, idempotency_key, then_next)
 
-    def _replay(self, s: Session, user: str, key: str, then_next: bool) -> Receipt:
+    def _replay(self, s: Session, user: str, assignment_id: int, key: str, then_next: bool) -> Receipt:
         vote = s.scalar(select(Vote).where(Vote.idempotency_key == key))
         uid = self._user_id(s, user, lock=True)
         if vote.user_id != uid:
             raise Conflict("idempotency key belongs to another user")
+        if vote.assignment_id != assignment_id:  # a replay only of the same submit, never of another item's
+            raise Conflict("idempotency key was used for another reservation; nothing stored")
         return Receipt(vote.id, True, self._next(s, uid, user) if then_next else None)
 
     def _submit(self, s, user, assignment_id, choice, key, strength, rationale, ideal, then_next) -> Receipt:
         uid = self._user_id(s, user, lock=True)
         if s.scalar(select(Vote.id).where(Vote.idempotency_key == key)) is not None:
-            return self._replay(s, user, key, then_next)
+            return self._replay(s, user, assignment_id, key, then_next)
         q = select(Assignment).where(Assignment.id == assignment_id)
         a = s.scalar(q if self.sqlite else q.with_for_update())
         if a is None or a.user_id != uid:
@@ -450,11 +402,17 @@ class Store:
             last = s.scalar(select(Vote).where(Vote.user_id == uid).order_by(Vote.id.desc()).limit(1))
             if last is None or not last.active:
                 return None
+            a = s.get(Assignment, last.assignment_id)
+            now = time.time()
+            if last.label is None:  # a skip held none of the item's N places: reopening it needs a free one
+                if not self.sqlite:
+                    s.scalar(select(Item.id).where(Item.id == a.item_id).with_for_update())
+                others = s.scalar(_used(now).where(Assignment.item_id == a.item_id, Assignment.id != a.id))
+                if others >= self.overlap:
+                    raise Conflict("the skipped item was filled by others meanwhile; nothing to undo")
             last.active = False
             if last.label is not None:
                 s.execute(update(Item).where(Item.id == last.item_id).values(filled=Item.filled - 1))
-            a = s.get(Assignment, last.assignment_id)
-            now = time.time()
             # The reservation handed out after the vote stays theirs; the undone item has the lower id, so it comes first
             a.state, a.created_at, a.expires_at = "open", now, now + self.reservation_s
             self.audit(s, user, "undo", vote=last.id, item=last.item_id)
@@ -495,6 +453,53 @@ class Store:
             return [{"at": r.at, "user": r.user, "action": r.action, "detail": r.detail} for r in rows]
 
 
+MAX_ID = 2**31 - 1  # ids are INTEGER: 32-bit on PostgreSQL
+
+
+def _first_line(e: DBAPIError) -> str:
+    return (str(e.orig).strip().splitlines() or [type(e.orig).__name__])[0]
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password (postgresql://user:secret@host → postgresql://user:***@host)."""
+    head, sep, tail = url.partition("://")
+    if "@" in tail and ":" in tail.split("@", 1)[0]:
+        user = tail.split("@", 1)[0].split(":", 1)[0]
+        return f"{head}{sep}{user}:***@{tail.split('@', 1)[1]}"
+    return url
+
+
+def _check_sqlite_file(url: str, create: bool) -> None:
+    """SQLite: a real file path; for anything but init, one that exists (else sqlite creates an empty file)."""
+    import os
+    from pathlib import Path
+
+    if not url.startswith("sqlite:///"):
+        raise UserError(f"store '{url}': expected sqlite:///path/to/file.db (an in-memory store would lose everything)")
+    path = _sqlite_path(url)
+    if path is None:
+        raise UserError(f"store '{url}': an in-memory SQLite store would lose every vote; give a file path")
+    _sqlite_sync(url)
+    p = Path(path)
+    if not create:
+        if not p.is_file():
+            raise UserError(f"{url}: no store at {path} (run `alignkit collect init` first)")
+        return
+    if p.exists() and not p.is_file():
+        raise UserError(f"store '{url}': {path} exists and is not a file")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"store '{url}': {parent} is not a directory")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"store '{url}': cannot create {p.parent}: {e.strerror}") from None
+    if not os.access(p.parent, os.W_OK) or str(p.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
+        raise UserError(f"store '{url}': cannot write a database in {p.parent}")
+
+
 class _NoLockType:
     def __enter__(self):
         return self
@@ -521,7 +526,8 @@ def _label(choice: str, left: str) -> str:
 
 
 def _sqlite_sync(url: str) -> str:
-    params = dict(p.split("=", 1) for p in url.partition("?")[2].split("&") if "=" in p)
+    query = url.partition("?")[2]
+    params = dict(p.split("=", 1) if "=" in p else (p, "") for p in query.split("&") if p) if query else {}
     sync = params.pop("synchronous", "full").upper()
     if sync not in ("FULL", "NORMAL"):
         raise UserError(f"store '{url}': synchronous must be full or normal")
@@ -576,27 +582,37 @@ def _engine(url: str, autocheckpoint: bool = True):
     raise UserError(f"store '{url}': expected sqlite:///path or postgresql://user@host/db")
 
 
+QUEUE_KEYS = ("overlap", "reservation_minutes", "repeat_every", "repeat_gap")
+
+
+def queue_settings(recipe) -> dict:
+    q = recipe.queue
+    return {"overlap": q.overlap, "reservation_minutes": q.reservation_minutes, "repeat_every": q.repeat_every,
+            "repeat_gap": q.repeat_gap}
+
+
 def open_store(url: str, recipe=None, create: bool = False, remember: bool = False,
                background_checkpoint: bool = False) -> Store:
     """A Store with the queue settings of a CollectRecipe, else the ones the store remembers, else defaults.
 
-    `remember` writes the recipe's queue settings into the store (init and serve do), so that later
-    `stats`/`export` without a recipe count against the same N.
+    `remember` writes the recipe's queue settings into the store (init and serve with --config do), so that
+    later commands without a recipe count against the same N. Without a recipe nothing is written: a stored N
+    is never reset to the default by a command that was not given one.
     """
-    if create and (path := _sqlite_path(url)):
-        from pathlib import Path
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
     store = Store(url, create=create, background_checkpoint=background_checkpoint)
     if recipe is not None:
-        q = recipe.queue
-        settings = {"overlap": q.overlap, "reservation_minutes": q.reservation_minutes,
-                    "repeat_every": q.repeat_every, "repeat_gap": q.repeat_gap}
+        settings = queue_settings(recipe)
         if remember:
             store.set_meta(**settings)
     else:
-        settings = {k: store.meta(k, getattr(store, k, None)) for k in ("overlap", "repeat_every", "repeat_gap")}
-        settings["reservation_minutes"] = store.meta("reservation_minutes", store.reservation_s / 60)
+        from collect.config import QueueConfig
+
+        defaults = QueueConfig()
+        settings = {k: store.meta(k, getattr(defaults, k)) for k in QUEUE_KEYS}
+    apply_settings(store, settings)
+    return store
+
+
+def apply_settings(store: Store, settings: dict) -> None:
     store.overlap, store.reservation_s = int(settings["overlap"]), float(settings["reservation_minutes"]) * 60
     store.repeat_every, store.repeat_gap = int(settings["repeat_every"]), int(settings["repeat_gap"])
-    return store
