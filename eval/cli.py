@@ -1,7 +1,7 @@
 """`alignkit eval`, `alignkit eval classify` and `alignkit gate`: the eval command group.
 
     alignkit eval --config recipes/smollm2/eval.yaml --adapter runs/demo/sft-…/adapter [--suite name=path]…
-    alignkit eval classify --input answers.jsonl --out labels.jsonl [--judge MODEL_DIR]
+    alignkit eval classify --input answers.jsonl [--out labels.jsonl] [--labels KEY] [--judge MODEL_DIR]
     alignkit gate --config recipes/smollm2/gate.yaml --candidate runs/demo/sft-… [--parent runs/demo/…]
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from alignkit.errors import UserError
 
 USAGE = ("alignkit eval --config FILE [--adapter DIR [--parent DIR]] [--suite NAME[=PATH]]… [--out DIR] [key.sub=value …]\n"
-         "       alignkit eval classify --input FILE --out FILE [--judge MODEL_DIR]")
+         "       alignkit eval classify --input FILE [--out FILE] [--labels KEY] [--judge MODEL_DIR]")
 
 
 def register(sub) -> None:
@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--out", help="eval: output folder (default <run>/eval); classify: output JSONL")
     p.add_argument("--input", help="classify: JSONL/CSV/JSON of records with a response (and a prompt)")
     p.add_argument("--judge", help="classify: a local causal-LM or sequence-classification model as judge")
+    p.add_argument("--labels", metavar="KEY", help="classify: the field holding human labels (refusal|compliance, "
+                                                   "XSTest's 1_full_compliance|2_full_refusal|3_partial_refusal, "
+                                                   "true|false): prints agreement, precision, recall, confusion table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=_eval_or_classify)
 
@@ -95,16 +98,21 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 
 
 def classify(args: argparse.Namespace) -> int:
-    """Label every record's response refusal | compliance (+ partial); prints agreement if records carry labels."""
+    """Label every record's response refusal | compliance (+ partial); with --labels KEY, score the detector
+    against the human labels in KEY: agreement, precision, recall and the confusion table."""
     from alignkit.atomic import write_text
     from alignkit.data import read_records
     from eval.config import JudgeConfig
     from eval.judge import detector
+    from eval.refusal import prefix_match
+    from eval.validation import confusion, parse_label, table
 
-    if not args.input or not args.out:
-        raise UserError("eval classify: --input FILE and --out FILE are required")
+    if not args.input or not (args.out or args.labels):
+        raise UserError("eval classify: --input FILE and --out FILE (or --labels KEY) are required")
     records = read_records(args.input)
-    responses, prompts = [], []
+    if not records:
+        raise UserError(f"{args.input}: no records")
+    responses, prompts, human = [], [], []
     for r in records:
         response = next((r.data[k] for k in ("response", "completion", "output", "answer") if k in r.data), None)
         if not isinstance(response, str):
@@ -112,24 +120,32 @@ def classify(args: argparse.Namespace) -> int:
         responses.append(response)
         prompt = next((r.data[k] for k in ("prompt", "instruction", "question") if k in r.data), None)
         prompts.append(prompt if isinstance(prompt, str) else None)
+        if args.labels:  # checked before any model runs: a bad row costs nothing
+            if args.labels not in r.data:
+                raise UserError(f"{r.origin}: missing key {args.labels!r} (the human label --labels names)")
+            human.append(parse_label(r.data[args.labels], r.origin, args.labels))
     label, name = detector(JudgeConfig(model=args.judge))
     verdicts = label(responses, prompts)
-    lines, agree, labelled = [], 0, 0
-    for r, v in zip(records, verdicts):
-        row = dict(r.data)
-        if row.get("label") in ("refusal", "compliance"):
-            labelled += 1
-            agree += row["label"] == v.label
-            row["label_input"] = row["label"]
-        row.update(refusal=v.refusal, label=v.label, partial=v.partial)
-        lines.append(json.dumps(row, ensure_ascii=False))
-    write_text(args.out, "\n".join(lines) + "\n")
+    if args.out:
+        lines = []
+        for r, v in zip(records, verdicts):
+            row = dict(r.data)
+            if "label" in row:
+                row["label_input"] = row["label"]
+            row.update(refusal=v.refusal, label=v.label, partial=v.partial)
+            lines.append(json.dumps(row, ensure_ascii=False))
+        write_text(args.out, "\n".join(lines) + "\n")
     refusals = sum(v.refusal for v in verdicts)
     print(f"classified {len(verdicts)} records with {name}: {refusals} refusal(s), "
           f"{sum(v.partial for v in verdicts)} partial")
-    if labelled:
-        print(f"agreement with the input's labels: {agree}/{labelled} = {agree / labelled:.1%}")
-    print(f"labels: {args.out}")
+    if args.labels:
+        print(f"against the human labels in {args.labels!r}:")
+        print(table(confusion(human, [v.refusal for v in verdicts])))
+        baseline = confusion(human, [prefix_match(r).refusal for r in responses])
+        print(f"prefix-match baseline: agreement {baseline['agreement']:.3f}  precision {baseline['precision']:.3f}  "
+              f"recall {baseline['recall']:.3f}")
+    if args.out:
+        print(f"labels: {args.out}")
     return 0
 
 

@@ -30,7 +30,8 @@ def _fmt(x) -> str:
 def markdown(report: dict) -> str:
     """report.md: a table per suite (arms as rows, metrics with 95% intervals), uplift, overlap, samples."""
     lines = [f"# Eval report", "", f"- model: `{report['model_id']}`", f"- adapter: `{report['adapter']}`",
-             f"- arms: {', '.join(report['arm_names'])}", f"- refusal detector: `{report['detector']}`",
+             f"- arms: {', '.join(report['arm_names'])}",
+             f"- {report.get('detector_validation') or 'refusal detector: `' + report['detector'] + '`'}",
              f"- generation: greedy, max_new_tokens={report['generation']['max_new_tokens']}",
              f"- wall time: {report['wall_time_s']} s", ""]
     if report.get("reward"):

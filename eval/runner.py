@@ -24,6 +24,7 @@ from eval import stats
 from eval.config import EvalRecipe
 from eval.scoring import resolve_precision
 from eval.suites import Suite, load_suite
+from eval.validation import summary_line as detector_summary
 
 # +1: higher is better; -1: lower is better (for uplift and the 5% rule)
 DIRECTION = {"refusal_rate": 1, "over_refusal_rate": -1, "acc": 1, "acc_norm": 1, "perplexity": -1, "mean_kl": -1}
@@ -141,7 +142,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
         "adapter": str(adapter) if adapter else None, "adapter_sha256": ad_sha,
         "arm_names": arms, "system_prompt": recipe.arms.system_prompt if "prompted" in arms else None,
         "generation": {**to_dict(recipe.generation), "mc_precision": resolve_precision(recipe.generation.mc_precision)},
-        "detector": detector_name,
+        "detector": detector_name, "detector_validation": detector_summary(detector_name),
         "suites": {s.name: {"kind": s.kind, "source": s.source, "items": len(s.items), "sha256": s.sha256,
                             "skipped": s.skipped} for s in suites},
         "arms": results, "reward": reward_info, "uplift": uplift(results), "decontamination": decontamination(recipe, adapter, suites),

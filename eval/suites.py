@@ -100,7 +100,7 @@ def load_suite(spec: SuiteSpec, tokenizer=None) -> Suite:
         items, fmt = _hub_items(source, spec)
     elif fmt == "mmlu":
         items = _mmlu(path)
-    elif path.suffix.lower() == ".csv":
+    elif path.suffix.lower() == ".csv" or (fmt == "advbench" and path.suffix.lower() in (".txt", "")):
         items = _csv_items(path, fmt)
     elif path.is_file():
         items = _jsonl_items(path, fmt, spec.expect)
@@ -245,8 +245,35 @@ def _jsonl_items(path: Path, fmt: str, expect: str | None) -> list[dict]:
     return [_item(fmt, r.data, r.origin, n, expect) for n, r in enumerate(records, 1)]
 
 
+def _headerless_goals(path: Path) -> list[dict]:
+    """AdvBench as users often have it: `harmful_behaviors.csv` without its header, one goal per line (or
+    `goal,target` rows whose target is the "Sure, here is …" string)."""
+    items = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                cells = next(csv.reader([line], strict=True))
+            except csv.Error as e:
+                raise UserError(f"{path}:{n}: malformed CSV record ({e})") from None
+            if len(cells) == 2 and cells[1].strip().lower().startswith("sure"):
+                goal = cells[0]
+            else:  # one column: a comma inside an unquoted goal is part of the goal
+                goal = cells[0] if len(cells) == 1 else line.rstrip("\r\n")
+            if not goal.strip():
+                raise UserError(f"{path}:{n}: empty goal")
+            items.append({"id": str(len(items) + 1), "prompt": goal.strip(), "expect": "refuse", "category": ""})
+    return items
+
+
 def _csv_items(path: Path, fmt: str) -> list[dict]:
     items = []
+    if fmt == "advbench":
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), [])
+        if "goal" not in header:
+            return _headerless_goals(path)
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, strict=True)
         required = {"advbench": ["goal"], "harmbench": ["Behavior"], "xstest": ["prompt", "label"],
