@@ -102,7 +102,8 @@ def build(store: Store, guidelines: str, generator: str = "") -> gr.Blocks:
         state = gr.State(None)
         with gr.Row():
             progress = gr.Markdown(elem_id="ak-progress")
-            gr.HTML('<a href="/logout">log out</a>', js_on_load=None)
+            gr.HTML('<form method="post" action="/logout"><button type="submit" id="ak-logout">log out</button>'
+                    '</form>', js_on_load=None)
         with gr.Tabs():
             with gr.Tab("Label", id="label"):
                 with gr.Accordion("Guidelines", open=False):
@@ -157,7 +158,10 @@ def build(store: Store, guidelines: str, generator: str = "") -> gr.Blocks:
 
         def on_undo(request: gr.Request):
             user = request.username
-            shown = store.undo(user)
+            try:
+                shown = store.undo(user)
+            except Conflict as e:
+                return _show(store, user, store.next_item(user), f"Not undone: {html.escape(str(e))}")
             if shown is None:
                 return _show(store, user, store.next_item(user), "Nothing to undo.")
             return _show(store, user, shown, f"Undone: item {shown.item_id} is back, label it again.")

@@ -99,57 +99,104 @@ def _store(args, recipe=None, **kw):
 
 
 def cmd_init(args) -> int:
-    from collect.config import CollectRecipe
+    """Validate every input file first, then write settings, prompts and gold items in one transaction."""
+    from collect.store import QUEUE_KEYS, apply_settings, queue_settings
 
     recipe = _recipe(args)
-    store = _store(args, recipe or CollectRecipe(), create=True, remember=True)
     source = args.prompts or (recipe.prompts if recipe else None)
-    added = store.add_prompts(read_prompts(source)) if source else 0
-    gold = add_gold(store, args.gold) if args.gold else 0
-    print(f"store: {store.url}\nprompts added: {added} (total {len(store.prompts())})"
-          + (f"\ngold items added: {gold}" if args.gold else "")
+    prompts = read_prompts(source) if source else []
+    gold = read_gold(args.gold) if args.gold else []
+    store = _store(args, recipe, create=True)
+    if recipe is not None:  # --config: its queue settings are the store's from now on
+        settings = queue_settings(recipe)
+    else:  # no recipe: keep what the store has; a new store gets the defaults written once
+        from collect.config import CollectRecipe
+
+        settings = {k: v for k, v in queue_settings(CollectRecipe()).items() if store.meta(k) is None}
+    added = store.load(prompts, gold, settings)
+    apply_settings(store, {k: store.meta(k) for k in QUEUE_KEYS})
+    print(f"store: {store.url}\nprompts added: {added['prompts']} (total {len(store.prompts())})"
+          + (f"\ngold items added: {added['gold']} (already stored: {len(gold) - added['gold']})" if args.gold else "")
           + f"\nqueue: {store.overlap} votes per item, reservations expire after {store.reservation_s / 60:g} min")
     return 0
 
 
+def _records(path: str):
+    from alignkit.data import read_records
+
+    try:
+        records = read_records(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON records") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UserError:
+        raise
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # csv/parquet readers
+        raise UserError(f"{path}: cannot read records: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    if not records:
+        raise UserError(f"{path}: no records (expected one JSON object per line)")
+    return records
+
+
+def _check_text(origin: str, key: str, value, limit: int) -> None:
+    from collect.auth import is_text
+
+    if not is_text(value):
+        raise UserError(f"{origin}: '{key}' must be valid Unicode text (found a lone surrogate or a non-string)")
+    if len(value) > limit:
+        raise UserError(f"{origin}: '{key}' is longer than {limit} characters")
+
+
+def _prompt(rec) -> dict:
+    prompt = rec.data.get("prompt")
+    if isinstance(prompt, str) and prompt.strip():
+        prompt = [{"role": "user", "content": prompt}]
+    if (not isinstance(prompt, list) or not prompt
+            or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)):
+        raise UserError(f"{rec.origin}: 'prompt' must be a string or a list of {{role, content}} messages")
+    for m in prompt:
+        if m["role"] not in ("system", "user", "assistant"):
+            raise UserError(f"{rec.origin}: message role {str(m['role'])[:40]!r}: expected system, user or assistant")
+        _check_text(rec.origin, "prompt", m["content"], 100_000)
+    if prompt[-1]["role"] != "user":
+        raise UserError(f"{rec.origin}: the prompt's last message must be the user's, got {prompt[-1]['role']!r}")
+    category = rec.data.get("category")
+    if category is not None:
+        if not isinstance(category, str):
+            raise UserError(f"{rec.origin}: 'category' must be a string, got {type(category).__name__}")
+        _check_text(rec.origin, "category", category, 64)
+    return {"prompt": [{"role": m["role"], "content": m["content"]} for m in prompt], "category": category}
+
+
 def read_prompts(path: str) -> list[dict]:
     """Prompt records from any format alignkit.data reads; each needs `prompt`: a string or a message list."""
-    from alignkit.data import read_records
+    return [_prompt(rec) for rec in _records(path)]
 
+
+def read_gold(path: str) -> list[dict]:
+    """Gold items: a known better (`chosen`) and worse (`rejected`) answer; every record checked before any write."""
     out = []
-    for rec in read_records(path):
-        prompt = rec.data.get("prompt")
-        if isinstance(prompt, str) and prompt.strip():
-            prompt = [{"role": "user", "content": prompt}]
-        if (not isinstance(prompt, list) or not prompt
-                or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in prompt)):
-            raise UserError(f"{rec.origin}: 'prompt' must be a string or a list of {{role, content}} messages")
-        if prompt[-1]["role"] != "user":
-            raise UserError(f"{rec.origin}: the prompt's last message must be the user's, got {prompt[-1]['role']!r}")
-        out.append({"prompt": prompt, "category": rec.data.get("category")})
-    return out
-
-
-def add_gold(store, path: str) -> int:
-    """Gold items: a known better (`chosen`) and worse (`rejected`) answer; stored as first/second."""
-    from alignkit.data import read_records
-    from collect.store import prompt_key
-
-    records, prompts = read_records(path), read_prompts(path)
-    store.add_prompts(prompts)
-    ids = {prompt_key(msgs): pid for pid, msgs in store.prompts()}
-    for rec, p in zip(records, prompts):
-        texts = []
+    for rec in _records(path):
+        item = _prompt(rec)
         for side in ("chosen", "rejected"):
             value = rec.data.get(side)
             if isinstance(value, list) and value and isinstance(value[-1], dict):
                 value = value[-1].get("content")
             if not isinstance(value, str) or not value.strip():
                 raise UserError(f"{rec.origin}: gold items need '{side}' (a string or an assistant message list)")
-            texts.append(value)
-        store.add_item(ids[prompt_key(p["prompt"])], (texts[0], "gold", {}), (texts[1], "gold", {}),
-                       kind="gold", gold="first")
-    return len(records)
+            _check_text(rec.origin, side, value, 100_000)
+            item[side] = value
+        out.append(item)
+    return out
+
+
+def add_gold(store, path: str) -> int:
+    """Store the gold items of a file (all or none; ones already stored are skipped); the number added."""
+    return store.load(gold=read_gold(path))["gold"]
 
 
 def _password(args) -> str:
@@ -179,13 +226,31 @@ def cmd_users_list(args) -> int:
 def cmd_serve(args) -> int:
     from collect.config import CollectRecipe
 
-    recipe = _recipe(args) or CollectRecipe()
-    store = _store(args, recipe, remember=True, background_checkpoint=True)
+    explicit = _recipe(args)
+    recipe = explicit or CollectRecipe()
+    check_port(args.host, args.port)
+    # Queue settings: the recipe's when --config is given (and remembered), else the store's own
+    store = _store(args, explicit, remember=explicit is not None, background_checkpoint=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the app is reachable from other machines; use TLS in front of it",
               file=sys.stderr)
     serve(store, recipe, args.adapter, args.host, args.port, args.share, not args.no_generate)
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """A port in 1–65535 that this host can bind now: one clear line instead of uvicorn's traceback."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: expected 1–65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise UserError(f"--host {host} --port {port}: cannot listen there: {e.strerror or e}") from None
 
 
 def serve(store, recipe, adapter, host, port, share=False, generate=True) -> None:
@@ -196,7 +261,7 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
 
     from alignkit.entry import quiet_libraries
     from collect.export import ExportRules
-    from collect.server import create_app
+    from collect.server import LOOPBACK, create_app
     from collect.worker import Worker, load_generators
 
     quiet_libraries()
@@ -207,7 +272,9 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
         worker.start()
         print(f"worker: generating candidates with {generator} (rival: {recipe.generation.rival or 'itself'})")
     rules = ExportRules(recipe.export.min_votes, recipe.export.min_agreement, recipe.export.edited_as_chosen)
-    app = create_app(store, recipe.guidelines, generator, rules)
+    # Secure cookies beyond loopback: there the app must sit behind TLS (a browser then never sends the
+    # session over plain HTTP); on loopback, and through the https share tunnel, per request (scheme).
+    app = create_app(store, recipe.guidelines, generator, rules, secure_cookies=host not in LOOPBACK)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
     print(f"collect: http://{'[' + host + ']' if ':' in host else host}:{port}/  (store {store.url})", flush=True)
     if share:
@@ -239,7 +306,11 @@ def cmd_export(args) -> int:
         else (e.edited_as_chosen if e else False))
     if not 0 <= rules.min_agreement <= 1:
         raise UserError("--min-agreement: a share between 0 and 1")
-    report = write(store.dump(), args.out, rules, store.overlap, dataset=not args.no_dataset)
+    check_out(args.out)
+    try:
+        report = write(store.dump(), args.out, rules, store.overlap, dataset=not args.no_dataset)
+    except OSError as e:
+        raise UserError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
     with store.write() as s:
         store.audit(s, os.environ.get("USER", "cli"), "export", via="cli", out=str(args.out), pairs=report["pairs"])
     print(f"pairs: {report['pairs']} → {args.out}")
@@ -248,6 +319,23 @@ def cmd_export(args) -> int:
     if "dataset" in report["files"]:
         print(f"dataset: {report['files']['dataset']}")
     return 0
+
+
+def check_out(out: str) -> None:
+    """--out must name a file in a directory we can write (or create), not a directory or a path under a file."""
+    from pathlib import Path
+
+    p = Path(out)
+    if p.is_dir() or out.endswith(("/", os.sep)):
+        raise UserError(f"--out {out}: is a directory; name the pairs file, e.g. {p / 'pairs.jsonl'}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a directory")
+    real = str(parent.resolve())
+    if real.startswith(("/proc", "/sys", "/dev")) or not os.access(parent, os.W_OK):
+        raise UserError(f"--out {out}: cannot write in {parent}")
 
 
 def cmd_stats(args) -> int:

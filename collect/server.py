@@ -2,8 +2,9 @@
 
 Routes (everything but /login, /healthz and static assets needs a session):
 
-    GET  /login, POST /login         form login → HttpOnly session cookie (SameSite=Lax)
-    GET  /logout
+    GET  /login, POST /login         form login → HttpOnly session cookie (SameSite=Lax; Secure over TLS or
+                                     when served beyond loopback)
+    GET  /logout (a button), POST /logout, POST /api/v1/logout   end the session of the cookie or bearer token
     POST /api/v1/login               {"username", "password"} → {"token"}; send it as `Authorization: Bearer …`
     GET  /api/v1/next                the caller's reserved item (or a new reservation) → {"item", "progress"}
     POST /api/v1/votes               {"assignment_id", "choice", "idempotency_key", "strength"?, "rationale"?,
@@ -14,100 +15,72 @@ Routes (everything but /login, /healthz and static assets needs a session):
     GET  /api/v1/admin/export        admins only: pairs JSONL (query: min_votes, min_agreement, edited_as_chosen)
     /ui/                             the Gradio app (collect.app), same sessions, same Store calls
 
-Sessions live in the store (sha256 of the token), so they survive a server restart.
+Sessions live in the store (sha256 of the token), so they survive a server restart. `collect.security`
+guards every request first (body size, cross-origin posts, 401 before parsing, Gradio session ownership).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-from collections import defaultdict, deque
 
-from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from collect.store import Conflict, Store
+from collect.auth import is_text, valid_name
+from collect.security import COOKIE, Guard, Sessions, Throttle, request_token
+from collect.store import MAX_ID, Conflict, Store
 
-COOKIE = "alignkit_session"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>alignkit collect · log in</title>
 <style>body{font-family:system-ui,sans-serif;max-width:22em;margin:10vh auto}input,button{width:100%;
 margin:.3em 0;padding:.5em;font-size:1em}.err{color:#b00}</style></head><body>
 <h2>alignkit collect</h2>{error}<form method="post" action="/login">
-<input name="username" id="username" placeholder="user" autocomplete="username" required autofocus>
-<input name="password" id="password" type="password" placeholder="password" autocomplete="current-password" required>
+<input name="username" id="username" placeholder="user" autocomplete="username" maxlength="64" required autofocus>
+<input name="password" id="password" type="password" placeholder="password" autocomplete="current-password"
+ maxlength="1024" required>
 <button type="submit" id="login">Log in</button></form></body></html>"""
 
 
+LOGOUT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>alignkit collect · log out</title></head>
+<body><form method="post" action="/logout"><button type="submit" id="logout">Log out</button></form></body></html>"""
+
+
+def _text_ok(value):
+    if value is not None and not is_text(value):
+        raise ValueError("not valid Unicode text (lone surrogate)")
+    return value
+
+
 class VoteIn(BaseModel):
-    assignment_id: int
-    choice: str
+    assignment_id: int = Field(ge=1, le=MAX_ID)
+    choice: str = Field(max_length=16)
     idempotency_key: str = Field(min_length=1, max_length=128)
-    strength: str | None = None
+    strength: str | None = Field(default=None, max_length=16)
     rationale: str = Field(default="", max_length=20_000)
     ideal: str = Field(default="", max_length=50_000)
+
+    _text = field_validator("choice", "idempotency_key", "strength", "rationale", "ideal")(_text_ok)
 
 
 class LoginIn(BaseModel):
     username: str = Field(max_length=64)
     password: str = Field(max_length=1024)
 
-
-class _Throttle:
-    """At most `limit` failed logins per user name per `window` seconds: argon2 alone slows, this stops."""
-
-    def __init__(self, limit: int = 5, window: float = 300.0):
-        self.limit, self.window = limit, window
-        self.failures: dict[str, deque] = defaultdict(deque)
-        self.lock = threading.Lock()
-
-    def blocked(self, name: str) -> bool:
-        with self.lock:
-            q = self.failures[name]
-            while q and q[0] < time.time() - self.window:
-                q.popleft()
-            return len(q) >= self.limit
-
-    def fail(self, name: str) -> None:
-        with self.lock:
-            self.failures[name].append(time.time())
+    _text = field_validator("username", "password")(_text_ok)
 
 
-class _Sessions:
-    """token → user, looked up in the store and cached for a few seconds (the UI sends many requests)."""
+def create_app(store: Store, guidelines: str = "", generator: str = "", export_rules=None,
+               secure_cookies: bool = False, throttle: Throttle | None = None) -> FastAPI:
+    """FastAPI app with login, the JSON API and the Gradio UI mounted at /ui.
 
-    def __init__(self, store: Store, ttl: float = 5.0):
-        self.store, self.ttl = store, ttl
-        self.cache: dict[str, tuple[float, dict | None]] = {}
-        self.lock = threading.Lock()
+    `secure_cookies`: mark the session cookie Secure (serve does when bound beyond loopback); it is also Secure
+    on any request that came over https (directly or as X-Forwarded-Proto from a TLS proxy).
+    """
+    from starlette.middleware.cors import CORSMiddleware
 
-    def user(self, request: Request) -> dict | None:
-        token = request.cookies.get(COOKIE)
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            token = auth[7:].strip()
-        if not token:
-            return None
-        now = time.monotonic()
-        with self.lock:
-            hit = self.cache.get(token)
-        if hit and hit[0] > now:
-            return hit[1]
-        user = self.store.session_user(token)
-        with self.lock:
-            if len(self.cache) > 10_000:
-                self.cache.clear()
-            self.cache[token] = (now + self.ttl, user)
-        return user
-
-    def forget(self, token: str | None) -> None:
-        with self.lock:
-            self.cache.pop(token or "", None)
-
-
-def create_app(store: Store, guidelines: str = "", generator: str = "", export_rules=None) -> FastAPI:
-    """FastAPI app with login, the JSON API and the Gradio UI mounted at /ui."""
     import gradio as gr
 
     from collect import app as ui
@@ -115,7 +88,7 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
     from collect.export import ExportRules, build
 
     api = FastAPI(title="alignkit collect", docs_url=None, redoc_url=None, openapi_url=None)
-    sessions, throttle = _Sessions(store), _Throttle()
+    sessions, throttle = Sessions(store), throttle or Throttle()
     login_slots = threading.BoundedSemaphore(2)
     default_rules = export_rules or ExportRules()
 
@@ -139,12 +112,18 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Referrer-Policy", "same-origin")  # "no-referrer" makes form posts Origin: null
         return response
 
     @api.exception_handler(Conflict)
     async def conflict(_request: Request, exc: Conflict):
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        # Where and what, never the input itself (a 1 MB field is not echoed back)
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200]} for e in exc.errors()[:10]]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @api.get("/healthz")
     def healthz():
@@ -158,45 +137,67 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
     def login_form():
         return LOGIN_PAGE.replace("{error}", "")
 
-    def _login(name: str, password: str) -> str | None:
-        if throttle.blocked(name):
+    def _login(request: Request, name: str, password: str) -> str | None:
+        address = request.client.host if request.client else "?"
+        key = name if valid_name(name) else "(invalid)"
+        # Counted before the hash check: 20 parallel guesses get 5 checks, not 20
+        if not throttle.begin(key, address):
             raise HTTPException(429, "too many failed logins; wait a few minutes")
+        if not valid_name(name) or not is_text(password) or len(password) > 1024:
+            return None  # the attempt stays counted; no lookup, no hash
         with login_slots:  # argon2 takes 64 MiB and ~0.3 s of a core per check: a login burst must not starve votes
             token = store.login(name, password)
-        if token is None:
-            throttle.fail(name)
+        if token is not None:
+            throttle.succeeded(key, address)
         return token
 
-    def _set_cookie(response, token: str) -> None:
-        response.set_cookie(COOKIE, token, httponly=True, samesite="lax", max_age=12 * 3600, path="/")
+    def _set_cookie(request: Request, response, token: str) -> None:
+        tls = request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+        response.set_cookie(COOKIE, token, httponly=True, samesite="lax", max_age=12 * 3600, path="/",
+                            secure=secure_cookies or tls)
+
+    def _logout(request: Request) -> bool:
+        token = request_token(request)
+        ended = bool(token) and store.logout(token)
+        sessions.forget(token)
+        return ended
 
     @api.post("/login")
-    def login_submit(username: str = Form(...), password: str = Form(...)):
-        token = _login(username.strip(), password)
+    def login_submit(request: Request, username: str = Form(..., max_length=64),
+                     password: str = Form(..., max_length=1024)):
+        token = _login(request, username.strip(), password)
         if token is None:
             page = LOGIN_PAGE.replace("{error}", '<p class="err" id="login-error">Wrong user name or password.</p>')
             return HTMLResponse(page, status_code=401)
         response = RedirectResponse("/ui/", status_code=303)
-        _set_cookie(response, token)
+        _set_cookie(request, response, token)
         return response
 
-    @api.get("/logout")
+    @api.get("/logout", response_class=HTMLResponse)
+    def logout_form():
+        return LOGOUT_PAGE  # a GET changes nothing: a link on another site cannot log anyone out
+
+    @api.post("/logout")
     def logout(request: Request):
-        token = request.cookies.get(COOKIE)
-        if token:
-            store.logout(token)
-            sessions.forget(token)
+        _logout(request)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
+    @api.post("/api/v1/logout")
+    def api_logout(request: Request):
+        ended = _logout(request)
+        response = JSONResponse({"ended": ended})
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
     @api.post("/api/v1/login")
-    def api_login(body: LoginIn):
-        token = _login(body.username.strip(), body.password)
+    def api_login(request: Request, body: LoginIn):
+        token = _login(request, body.username.strip(), body.password)
         if token is None:
             raise HTTPException(401, "wrong user name or password")
         response = JSONResponse({"token": token})
-        _set_cookie(response, token)
+        _set_cookie(request, response, token)
         return response
 
     @api.get("/api/v1/next")
@@ -224,7 +225,8 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
         return JSONResponse(json.loads(json.dumps(summarize(store.dump(), store.overlap), default=list)))
 
     @api.get("/api/v1/admin/export")
-    def api_export(min_votes: int | None = None, min_agreement: float | None = None,
+    def api_export(min_votes: int | None = Query(None, ge=0, le=1_000_000),
+                   min_agreement: float | None = Query(None, ge=0, le=1),
                    edited_as_chosen: bool | None = None, admin: dict = Depends(need_admin)):
         rules = ExportRules(
             min_votes=default_rules.min_votes if min_votes is None else min_votes,
@@ -245,5 +247,9 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
     blocks.queue(default_concurrency_limit=None)
     gr.mount_gradio_app(api, blocks, path="/ui", auth_dependency=gradio_user, footer_links=[],
                         run_history=False, head=ui.HEAD, css=ui.CSS, show_error=True, ssr_mode=False)
+    # CORS closed: no origin allowed. A CORSMiddleware on the parent app also turns Gradio's own off (it would
+    # echo any loopback Origin, or any Origin at all for a non-loopback Host, with credentials allowed).
+    api.add_middleware(CORSMiddleware, allow_origins=[], allow_credentials=False)
+    api.add_middleware(Guard, sessions=sessions)  # added last: runs first
     return api
 

@@ -75,7 +75,7 @@ def test_vote_replay_undo_and_conflicts_over_http(server):
     with httpx.Client(base_url=server.base) as c:
         assert c.post("/login", data={"username": "bea", "password": PASSWORD}).status_code == 303
         assert c.get("/api/v1/progress").status_code == 200
-        c.get("/logout")
+        c.post("/logout")
         c.cookies.clear()
         assert c.get("/api/v1/progress").status_code == 401
 
