@@ -59,3 +59,21 @@ def test_same_origin_check():
     assert not same_origin(_h(host="127.0.0.1:7860", origin="null"))
     assert not same_origin(_h(host="127.0.0.1:7860", sec_fetch_site="same-site"))
     assert not same_origin(_h(host="127.0.0.1:7860", referer="http://evil.example/page"))
+
+
+def test_session_cookie_is_secure_beyond_loopback_or_over_tls(tmp_path):
+    """`serve --host` beyond loopback passes secure_cookies=True; a TLS proxy's X-Forwarded-Proto does it per request."""
+    from collect_support import PASSWORD, make_store, seed
+    from fastapi.testclient import TestClient
+
+    from collect.server import create_app
+
+    store = make_store(f"sqlite:///{tmp_path}/c.db")
+    seed(store, prompts=1, users=("ann",))
+    login = {"username": "ann", "password": PASSWORD}
+    for secure, headers, expect in ((True, {}, True), (False, {"X-Forwarded-Proto": "https"}, True),
+                                    (False, {}, False)):
+        with TestClient(create_app(store, secure_cookies=secure), base_url="http://127.0.0.1") as client:
+            cookie = client.post("/api/v1/login", json=login, headers=headers).headers["set-cookie"]
+        assert ("secure" in cookie.lower().split("; ")) == expect, cookie
+        assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
