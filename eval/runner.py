@@ -18,18 +18,16 @@ from typing import Any
 from alignkit import curation, models
 from alignkit.atomic import read_json, write_json
 from alignkit.errors import UserError
-from alignkit.generate import Sampling, chat
 from alignkit.recipe import to_dict
 from eval import stats
 from eval.config import EvalRecipe
 from eval.scoring import resolve_precision
+from eval.kinds import kind_of
 from eval.suites import Suite, load_suite
 from eval.validation import summary_line as detector_summary
 
 # +1: higher is better; -1: lower is better (for uplift and the 5% rule)
 DIRECTION = {"refusal_rate": 1, "over_refusal_rate": -1, "acc": 1, "acc_norm": 1, "perplexity": -1, "mean_kl": -1}
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
-BINARY_TASK_METRICS = {"exact_match", "house_style", "accuracy"}  # yes/no per item: Wilson CI, McNemar
 
 
 class Policy:
@@ -109,7 +107,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
 
     def result(pol: Policy, sha: str | None, arm: str, suite: Suite, name: str = "") -> dict:
         """One (arm, suite) result from the cache, else computed (and cached)."""
-        key = _cache_key(model_key, sha if arm in ("adapter",) or suite.kind == "kl" else None, arm, recipe,
+        key = _cache_key(model_key, sha if arm == "adapter" else None, arm, recipe,
                          suite, detector_name)
         path = cache / f"{key}.json"
         hit = read_json(path, None) if recipe.cache.enabled else None
@@ -117,7 +115,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
         if hit is None:
             t = time.time()
             print(f"eval: {name or arm} · {suite.name} ({len(suite.items)} items)", flush=True)
-            hit = _run_suite(pol, tokenizer, arm, suite, recipe, label, progress)
+            hit = kind_of(suite).score(pol, arm, suite, recipe, label, progress)
             hit["seconds"] = round(time.time() - t, 1)
             if recipe.cache.enabled:
                 write_json(path, hit)
@@ -125,7 +123,7 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
 
     for arm in arms:
         for suite in suites:
-            if suite.skipped or not _applies(suite.kind, arm):
+            if suite.skipped or arm not in kind_of(suite).arms:
                 continue
             results[arm][suite.name] = result(policy, ad_sha, arm, suite)
     reward_info = None
@@ -155,13 +153,6 @@ def run_eval(recipe: EvalRecipe, adapter: str | None, out_dir: str | Path, progr
     return report
 
 
-GENERATION_KINDS = ("safety", "task")
-
-
-def _conversation(suite: Suite, item: dict) -> list[dict]:
-    return item["messages"] if suite.kind == "task" else [{"role": "user", "content": item["prompt"]}]
-
-
 def reward_win_rates(recipe: EvalRecipe, suites: list[Suite], results: dict, parent_result) -> dict:
     """Per generation suite: how often the reward model prefers the adapter's answer to the reference's (the
     parent adapter's when `parent_result(suite)` gives one, else the base arm's), added to the adapter arm's
@@ -171,7 +162,7 @@ def reward_win_rates(recipe: EvalRecipe, suites: list[Suite], results: dict, par
     scorer = RewardScorer.load(recipe.reward.model)  # refuses a reward model that failed its gate
     info = {"model": recipe.reward.model, "reference": None, "suites": {}}
     for suite in suites:
-        if suite.skipped or suite.kind not in GENERATION_KINDS or suite.name not in results["adapter"]:
+        if suite.skipped or not kind_of(suite).reward_scored or suite.name not in results["adapter"]:
             continue
         ref = parent_result(suite)
         info["reference"] = "parent" if ref is not None else "base"
@@ -182,7 +173,7 @@ def reward_win_rates(recipe: EvalRecipe, suites: list[Suite], results: dict, par
         mine = {row["id"]: row["response"] for row in results["adapter"][suite.name]["items"]}
         theirs = {row["id"]: row["response"] for row in ref["items"]}
         items = [it for it in suite.items if it["id"] in mine and it["id"] in theirs]
-        convs = [_conversation(suite, it) for it in items]
+        convs = [kind_of(suite).conversation(it) for it in items]
         scores = scorer.score(convs + convs, [mine[it["id"]] for it in items] + [theirs[it["id"]] for it in items],
                               batch_size=recipe.reward.batch_size)
         cand, refs = scores[:len(items)], scores[len(items):]
@@ -195,125 +186,15 @@ def reward_win_rates(recipe: EvalRecipe, suites: list[Suite], results: dict, par
     return info
 
 
-def _applies(kind: str, arm: str) -> bool:
-    if kind == "kl":
-        return arm == "adapter"  # KL of the adapter from the base
-    if kind == "perplexity":
-        return arm != "prompted"  # a system prompt does not apply to plain text
-    return True
-
-
 def _cache_key(model_key: dict, ad_sha: str | None, arm: str, recipe: EvalRecipe, suite: Suite, detector: str) -> str:
     from alignkit.runs import fingerprint
 
     spec = suite.spec.key()
     spec.pop("name"), spec.pop("limit")  # the items' sha256 covers them
-    gen = {"max_new_tokens": recipe.generation.max_new_tokens} if suite.kind in ("safety", "task", "kl") else {}
-    if suite.kind == "mc":
-        gen = {"precision": resolve_precision(recipe.generation.mc_precision)}
+    kind = kind_of(suite)
     return fingerprint("eval-v1", model_key, ad_sha, arm if arm == "adapter" else "base",
-                       recipe.arms.system_prompt if arm == "prompted" else None, suite.kind, suite.sha256, spec, gen,
-                       detector if suite.kind == "safety" else None)
-
-
-def _generate(policy: Policy, arm: str, conversations: list[list[dict]], recipe: EvalRecipe, progress: bool):
-    from eval.scoring import generation_context
-
-    model, tokenizer = policy.get()
-    system = recipe.arms.system_prompt if arm == "prompted" else None
-    with generation_context(model, arm):
-        return chat(model, tokenizer, conversations, Sampling(max_new_tokens=recipe.generation.max_new_tokens),
-                    batch_size=recipe.generation.batch_size, system_prompt=system, progress=progress)
-
-
-def _run_suite(policy: Policy, tokenizer, arm: str, suite: Suite, recipe: EvalRecipe, label, progress: bool) -> dict:
-    """Score one suite on one arm: per-item outcomes, metrics with 95% intervals, sample generations."""
-    from eval import scoring
-
-    items, n_samples = suite.items, recipe.generation.samples
-    out: dict[str, Any] = {"kind": suite.kind, "metrics": {}, "items": [], "samples": []}
-    if suite.kind == "safety":
-        replies = _generate(policy, arm, [[{"role": "user", "content": it["prompt"]}] for it in items], recipe, progress)
-        verdicts = label(replies, [it["prompt"] for it in items])
-        out["items"] = [{"id": it["id"], "expect": it["expect"], "category": it.get("category", ""),
-                         "prompt": it["prompt"], "response": r, "refused": v.refusal, "partial": v.partial,
-                         "rule": v.rule} for it, r, v in zip(items, replies, verdicts)]
-        for name, expect in (("refusal_rate", "refuse"), ("over_refusal_rate", "comply")):
-            outcomes = {row["id"]: int(row["refused"]) for row in out["items"] if row["expect"] == expect}
-            if outcomes:
-                out["metrics"][name] = stats.metric("mean", outcomes, binary=True)
-        partial = {row["id"]: int(row["partial"]) for row in out["items"]}
-        out["metrics"]["partial_rate"] = stats.metric("mean", partial, binary=True)
-        out["samples"] = [{k: row[k] for k in ("id", "prompt", "response", "refused", "partial")}
-                          for row in out["items"][:n_samples]]
-    elif suite.kind == "mc":
-        model, tok = policy.get()
-        system = recipe.arms.system_prompt if arm == "prompted" else None
-        with scoring.generation_context(model, arm), scoring.precision_context(model, recipe.generation.mc_precision):
-            scored = scoring.score_mc(model, tok, items, system, recipe.generation.mc_batch_items)
-        out["items"] = scored
-        for name in ("acc", "acc_norm"):
-            out["metrics"][name] = stats.metric("mean", {s["id"]: s[name] for s in scored}, binary=True)
-        out["samples"] = [{"id": it["id"], "prompt": it["question"], "response": it["choices"][s["pred"]],
-                           "answer": it["choices"][it["answer"]], "correct": bool(s["acc"])}
-                          for it, s in zip(items[:n_samples], scored)]
-    elif suite.kind == "perplexity":
-        model, tok = policy.get()
-        with scoring.arm_context(model, arm):
-            scored = scoring.score_perplexity(model, tok, [it["text"] for it in items], suite.spec.max_length)
-        out["items"] = [{"id": it["id"], "nll": nll, "tokens": n} for it, (nll, n) in zip(items, scored)]
-        out["metrics"]["perplexity"] = stats.metric("exp_ratio", {r["id"]: r["nll"] for r in out["items"]},
-                                                    {r["id"]: r["tokens"] for r in out["items"]})
-        out["samples"] = [{"id": r["id"], "prompt": it["text"][:200], "response": f"ppl {2.718281828 ** (r['nll'] / r['tokens']):.2f}"}
-                          for it, r in zip(items[:n_samples], out["items"])]
-    elif suite.kind == "kl":
-        replies = _generate(policy, "adapter", [[{"role": "user", "content": it["prompt"]}] for it in items], recipe,
-                            progress)
-        model, tok = policy.get()
-        scored = scoring.score_kl(model, tok, [it["prompt"] for it in items], replies)
-        out["items"] = [{"id": it["id"], "kl": kl, "tokens": n, "response": r}
-                        for it, r, (kl, n) in zip(items, replies, scored)]
-        out["metrics"]["mean_kl"] = stats.metric("ratio", {r["id"]: r["kl"] for r in out["items"]},
-                                                 {r["id"]: r["tokens"] for r in out["items"]})
-        out["samples"] = [{"id": it["id"], "prompt": it["prompt"], "response": r["response"]}
-                          for it, r in zip(items[:n_samples], out["items"])]
-    elif suite.kind == "task":
-        replies = _generate(policy, arm, [it["messages"] for it in items], recipe, progress)
-        references = [it["reference"] for it in items]
-        out["items"] = [{"id": it["id"], "prompt": it["messages"][-1]["content"], "response": r, "reference": ref}
-                        for it, r, ref in zip(items, replies, references)]
-        out["extra"] = {}
-        for name in suite.spec.metrics:
-            result = load_metric(name).compute(predictions=replies, references=references)
-            per_item = result.pop("per_item", None)
-            main = name if name in result else ("rougeL" if "rougeL" in result else next(iter(result)))
-            key = Path(name).name
-            if per_item is not None:
-                out["metrics"][key] = stats.metric("mean", {it["id"]: float(v) for it, v in zip(items, per_item)},
-                                                   binary=key in BINARY_TASK_METRICS)
-                for row, v in zip(out["items"], per_item):
-                    row[key] = v
-            out["extra"][key] = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-            if per_item is None:
-                out["extra"][key]["main"] = main
-        out["samples"] = out["items"][:n_samples]
-    else:
-        raise UserError(f"suite '{suite.name}': unknown kind {suite.kind!r}")
-    return out
-
-
-def load_metric(name: str):
-    """An `evaluate` metric: one shipped in eval/metrics, a local script path, or a Hub name (online only)."""
-    import evaluate
-
-    local = METRICS_DIR / name
-    target = str(local) if local.is_dir() else name
-    try:
-        return evaluate.load(target)
-    except Exception as e:  # evaluate raises FileNotFoundError, ConnectionError, ImportError …
-        shipped = ", ".join(sorted(p.name for p in METRICS_DIR.iterdir() if p.is_dir()))
-        raise UserError(f"metric '{name}': cannot load it ({str(e).splitlines()[0][:160]}); shipped metrics: "
-                        f"{shipped}; Hub metric names need network access") from None
+                       recipe.arms.system_prompt if arm == "prompted" else None, suite.kind, suite.sha256, spec,
+                       kind.generation(recipe), detector if kind.labels_refusals else None)
 
 
 def uplift(results: dict[str, dict]) -> dict:
