@@ -29,7 +29,7 @@ def _fmt(x) -> str:
 
 def markdown(report: dict) -> str:
     """report.md: a table per suite (arms as rows, metrics with 95% intervals), uplift, overlap, samples."""
-    lines = [f"# Eval report", "", f"- model: `{report['model_id']}`", f"- adapter: `{report['adapter']}`",
+    lines = ["# Eval report", "", f"- model: `{report['model_id']}`", f"- adapter: `{report['adapter']}`",
              f"- arms: {', '.join(report['arm_names'])}",
              f"- {report.get('detector_validation') or 'refusal detector: `' + report['detector'] + '`'}",
              f"- generation: greedy, max_new_tokens={report['generation']['max_new_tokens']}",
