@@ -71,6 +71,9 @@ def test_run_eval_writes_a_report_with_per_item_outcomes(recipe_file, adapter, t
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"report.json", "report.md", "harmful.png", "mc.png"} <= files
     assert "95% CI" in (tmp_path / "out" / "report.md").read_text()
+    # the reader is told which detector labelled the refusals and how far it agrees with humans
+    assert report["detector_validation"].startswith(f"refusal detector `{report['detector']}`")
+    assert report["detector_validation"] in (tmp_path / "out" / "report.md").read_text()
     verdict = decide(report, {}, GateRecipe())
     assert verdict["verdict"] in ("pass", "warn", "fail") and len(verdict["checks"]) == 5
 
