@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval import refusal, validation  # noqa: E402
+from alignkit import refusal  # noqa: E402
+from eval import validation  # noqa: E402
 
 
 def _rows(path: Path) -> list[dict]:

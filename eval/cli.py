@@ -104,7 +104,7 @@ def classify(args: argparse.Namespace) -> int:
     from alignkit.data import read_records
     from eval.config import JudgeConfig
     from eval.judge import detector
-    from eval.refusal import prefix_match
+    from alignkit.refusal import prefix_match
     from eval.validation import confusion, parse_label, table
 
     if not args.input or not (args.out or args.labels):

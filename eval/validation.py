@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from alignkit.errors import UserError
-from eval import refusal
+from alignkit import refusal
 
 DATA = Path(__file__).resolve().parent / "data"
 CARD = DATA / "refusal_detector.json"
