@@ -1,6 +1,6 @@
 """`alignkit` — the command line. The top floor of the spine: the only module (with pipeline) that imports stages.
 
-Stage commands take `--config FILE [key.sub=value …]`; command groups (collect, eval, runs …) register
+Stage commands take `--config FILE [key.sub=value …]` (or `--help-config`); command groups (collect, eval, runs …) register
 their own sub-commands. Stages are imported lazily, so `alignkit --help` stays fast.
 """
 
@@ -10,15 +10,16 @@ import argparse
 import importlib
 import sys
 
-from alignkit.entry import add_recipe_args, guarded, run_recipe
+from alignkit.entry import add_recipe_args, guarded, quiet_libraries, run_stage
 
-# name → (recipe class, run function, help): commands of the shape `alignkit NAME --config FILE …`
-RECIPE_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "sft": ("sft.config:SFTRecipe", "sft.train:run", "supervised fine-tuning into a LoRA/QLoRA adapter"),
-    "dpo": ("preference.config:DPORecipe", "preference.train:run", "DPO: refine an SFT adapter on preference pairs"),
-    "kto": ("preference.config:KTORecipe", "preference.train:run_kto", "KTO: refine an SFT adapter on thumbs up/down"),
-    "reward": ("reward.config:RewardRecipe", "reward.train:run", "reward model (LoRA + score head) from preference pairs, gated"),
-    "rlhf": ("reward.config:RLHFRecipe", "reward.rlhf:run", "RLHF (RLOO or GRPO) of an SFT adapter against a gated reward model"),
+# The stage table: name → (the stage package's `Stage` value, help). The CLI, the pipeline and the recipe tests
+# read this one table; a new stage (ORPO, SimPO …) is one folder exporting a Stage and one line here.
+STAGES: dict[str, tuple[str, str]] = {
+    "sft": ("sft.train:STAGE", "supervised fine-tuning into a LoRA/QLoRA adapter"),
+    "dpo": ("preference.train:DPO", "DPO: refine an SFT adapter on preference pairs"),
+    "kto": ("preference.train:KTO", "KTO: refine an SFT adapter on thumbs up/down"),
+    "reward": ("reward.train:STAGE", "reward model (LoRA + score head) from preference pairs, gated"),
+    "rlhf": ("reward.rlhf:STAGE", "RLHF (RLOO or GRPO) of an SFT adapter against a gated reward model"),
 }
 
 # name → module with `register(subparsers)`: commands with their own sub-commands or arguments
@@ -33,18 +34,29 @@ COMMAND_GROUPS: dict[str, str] = {
 }
 
 
-def _load(ref: str):
+def load(ref: str):
+    """The object a 'module:attr' reference names."""
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def stage(name: str):
+    """The `Stage` value of a stage name in STAGES (imports its package)."""
+    return load(STAGES[name][0])
+
+
+def _stage_command(args: argparse.Namespace, name: str) -> int:
+    quiet_libraries()  # before the stage's imports (bitsandbytes speaks at import)
+    return run_stage(args, stage(name))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (recipe_ref, run_ref, help_) in RECIPE_COMMANDS.items():
+    for name, (_, help_) in STAGES.items():
         p = sub.add_parser(name, help=help_)
-        add_recipe_args(p)
-        p.set_defaults(handler=lambda a, r=recipe_ref, f=run_ref: run_recipe(a, _load(r), _load(f)))
+        add_recipe_args(p, help_config=True)
+        p.set_defaults(handler=lambda a, n=name: _stage_command(a, n))
     for name, module in COMMAND_GROUPS.items():
         importlib.import_module(module).register(sub)
     return parser

@@ -13,11 +13,14 @@ from typing import Any, Callable
 from alignkit.errors import TrainingFailed, UserError
 
 
-def add_recipe_args(parser: argparse.ArgumentParser) -> None:
-    """--config, overrides and --debug, as every stage command takes them."""
-    parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/smollm2/sft.yaml")
+def add_recipe_args(parser: argparse.ArgumentParser, help_config: bool = False) -> None:
+    """--config, overrides and --debug, as every stage command takes them (and --help-config for a stage)."""
+    parser.add_argument("--config", required=not help_config, help="recipe YAML, e.g. recipes/smollm2/sft.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    if help_config:
+        parser.add_argument("--help-config", action="store_true",
+                            help="print every recipe key with its help text and default, then exit")
 
 
 def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
@@ -40,18 +43,50 @@ def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
         return 130
 
 
-def stage_main(prog: str, recipe_cls: type, run: Callable[[Any], Any], argv: list[str] | None = None) -> int:
-    """`python -m <stage>`: parse the recipe and call the stage's run(recipe)."""
+def stage_main(prog: str, stage_or_recipe_cls: Any, run: Callable[[Any], Any] | None = None,
+               argv: list[str] | None = None) -> int:
+    """`python -m <stage>`: parse the recipe and run the stage (a `Stage`, or a recipe class and run(recipe))."""
     parser = argparse.ArgumentParser(prog=prog)
-    add_recipe_args(parser)
+    add_recipe_args(parser, help_config=True)
     args = parser.parse_args(argv)
-    return guarded(lambda: run_recipe(args, recipe_cls, run), args.debug)
+    if run is None:
+        return guarded(lambda: run_stage(args, stage_or_recipe_cls), args.debug)
+    return guarded(lambda: run_recipe(args, stage_or_recipe_cls, run), args.debug)
+
+
+def run_stage(args: argparse.Namespace, stage) -> int:
+    """`alignkit <stage> …` and `python -m <stage> …`: the recipe's keys (--help-config), or a run."""
+    from alignkit import stage as lifecycle
+
+    quiet_libraries()
+    if getattr(args, "help_config", False):
+        print_recipe_help(stage.recipe, stage.defaults)
+        return 0
+    return run_recipe(args, stage.recipe, lambda recipe: lifecycle.run(stage, recipe))
+
+
+def print_recipe_help(recipe_cls: type, train_defaults: dict[str, Any] | None = None) -> None:
+    """Every key of a recipe class with its default and help text; then the stage's defaults under `train:`."""
+    from alignkit.recipe import help_text
+
+    for key, help_, default in help_text(recipe_cls):
+        value = "" if default == "(section)" else f" {default!r}"
+        print(f"{key}:{value}" + (f"\n    {help_}" if help_ else ""))
+    if train_defaults:
+        print("\ntrain: our defaults (any field of the TRL config class may be set; the recipe wins):")
+        for key, value in train_defaults.items():
+            print(f"train.{key}: {value!r}")
 
 
 def run_recipe(args: argparse.Namespace, recipe_cls: type, run: Callable[[Any], Any]) -> int:
     """Load the recipe from parsed args and run the stage; prints where the run went."""
     from alignkit.recipe import load_recipe
 
+    if getattr(args, "help_config", False):
+        print_recipe_help(recipe_cls)
+        return 0
+    if not args.config:
+        raise UserError("--config FILE is required (or --help-config to list the recipe's keys)")
     quiet_libraries()
     recipe = load_recipe(args.config, recipe_cls, args.overrides)
     result = run(recipe)

@@ -1,32 +1,26 @@
 """The pipeline: base eval → SFT → gate → DPO → gate (→ reward → RLHF → gate) → promote.
 
-Top floor of the spine: it imports stages, hands each one its parent's outputs as recipe overrides,
-gates it with eval, and stops at the first failed gate. Re-running skips every stage whose recipe,
-inputs and parent are unchanged (the pipeline fingerprint in its manifest); a stage killed half-way
-resumes from its checkpoint through the stage's own `resume: auto`.
+Top floor of the spine: it iterates over the stage table (`alignkit.cli.STAGES`), hands each stage the
+files its predecessors produced (the parent's adapter, the pairs, the reward model: paths set in the
+typed recipe, by what the stage consumes), gates it with eval, and stops at the first failed gate.
+Re-running skips every stage whose recipe, resolved TRL settings, library versions, inputs and parent
+are unchanged (the pipeline fingerprint in its manifest); a stage killed half-way resumes from its
+checkpoint through the lifecycle's own `resume: auto`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from alignkit import registry, runs
+from alignkit import registry, runs, stage
+from alignkit.cli import STAGES
+from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
-from alignkit.recipe import load_recipe, to_dict
+from alignkit.recipe import load_recipe
 from alignkit.sections import TrackingConfig
 
-# stage kind → (recipe class, run function)
-STAGES = {
-    "sft": ("sft.config:SFTRecipe", "sft.train:run"),
-    "dpo": ("preference.config:DPORecipe", "preference.train:run"),
-    "kto": ("preference.config:KTORecipe", "preference.train:run_kto"),
-    "reward": ("reward.config:RewardRecipe", "reward.train:run"),
-    "rlhf": ("reward.config:RLHFRecipe", "reward.rlhf:run"),
-}
-POLICY_STAGES = {"sft", "dpo", "kto", "rlhf"}  # their adapter becomes the next stage's parent
 WAITING_FOR_LABELS = 3  # exit code: stopped on purpose, re-run after annotators have voted
 
 
@@ -39,11 +33,18 @@ class CollectSource:
 
 @dataclass(frozen=True)
 class StageSpec:
-    stage: Literal["sft", "dpo", "kto", "reward", "rlhf"] = field(metadata={"help": "Stage kind."})
+    stage: str = field(metadata={"help": "Stage name: " + ", ".join(STAGES) + "."})
     recipe: str = field(metadata={"help": "The stage recipe YAML."})
     gate: str | None = field(default=None, metadata={"help": "Gate YAML checked after the stage (policy stages)."})
     pairs: str | None = field(default=None, metadata={"help": "Pairs file for dpo/kto/reward, or 'collect'."})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value overrides of the recipe."})
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; expected one of {', '.join(STAGES)}")
+        for path in (self.recipe, self.gate, None if self.pairs == "collect" else self.pairs):
+            if path and not Path(path).is_file():
+                raise ValueError(f"file not found: {path}")
 
 
 @dataclass(frozen=True)
@@ -58,37 +59,23 @@ class PipelineRecipe:
     output: str = field(default="runs/demo", metadata={"help": "Run folder shared by every stage and the registry."})
     eval: EvalSpec = field(default_factory=EvalSpec)
     collect: CollectSource = field(default_factory=CollectSource)
-    stages: list[dict] = field(default_factory=list, metadata={"help": "Stages in order, each a StageSpec."})
+    stages: list[StageSpec] = field(default_factory=list, metadata={"help": "Stages in order: stage, recipe, "
+                                                                             "gate, pairs, overrides."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     promote: bool = field(default=True, metadata={"help": "Promote the last stage whose gate passed."})
 
 
-def _load(ref: str):
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def stage_specs(recipe: PipelineRecipe, source: str) -> list[StageSpec]:
-    """Validate every stage entry and the files it names, before anything trains."""
-    from alignkit.recipe import _Where, build
-
-    specs = []
-    for i, raw in enumerate(recipe.stages):
-        where = f"{source}: stages[{i}]"
-        if not isinstance(raw, dict) or raw.get("stage") not in STAGES:
-            got = raw.get("stage") if isinstance(raw, dict) else raw
-            raise UserError(f"{where}: unknown stage {got!r}; expected one of {', '.join(STAGES)}")
-        spec = build(StageSpec, raw, _Where(f"{source} stages[{i}]", {}))
-        for path in [spec.recipe] + [spec.gate] * bool(spec.gate) + [spec.pairs] * bool(spec.pairs and spec.pairs != "collect"):
-            if not Path(path).is_file():
-                raise UserError(f"{where}: file not found: {path}")
-        if spec.stage == "rlhf" and not any(s.stage == "reward" for s in specs) and not any(
-                o.startswith("reward.") for o in spec.overrides):
-            raise UserError(f"{where}: rlhf needs a reward stage before it (or a reward.model override)")
-        specs.append(spec)
+def check_order(specs: list[StageSpec], source: str) -> None:
+    """What one stage entry cannot check alone: a stage needing a reward model has one before it."""
     if not specs:
         raise UserError(f"{source}: stages: at least one stage is needed")
-    return specs
+    for i, spec in enumerate(specs):
+        consumes = stage_of(spec.stage).consumes
+        before = [stage_of(s.stage).produces for s in specs[:i]]
+        if "reward_model" in consumes and "reward_model" not in before and not any(
+                o.startswith("reward.") for o in spec.overrides):
+            raise UserError(f"{source}: stages[{i}]: {spec.stage} needs a reward stage before it "
+                            "(or a reward.model override)")
 
 
 class Pipeline:
@@ -96,7 +83,8 @@ class Pipeline:
 
     def __init__(self, recipe: PipelineRecipe, source: str):
         self.recipe, self.source = recipe, source
-        self.specs = stage_specs(recipe, source)
+        self.specs = list(recipe.stages)
+        check_order(self.specs, source)
         self.root = Path(recipe.output)
         from eval.config import EvalRecipe, GateRecipe
 
@@ -112,14 +100,12 @@ class Pipeline:
                 f"tracking.project={t.project}", f"tracking.group={self.recipe.name}", f"tracking.mode={t.mode}"]
 
     def _stage_recipe(self, spec: StageSpec, parent: runs.Run | None, reward: runs.Run | None, pairs: str | None):
-        overrides = list(spec.overrides)
-        if parent is not None and spec.stage != "reward":
-            overrides.append(f"model.adapter={parent.adapter_dir}")
-        if pairs:
-            overrides.append(f"data.train={pairs}")
-        if reward is not None and spec.stage == "rlhf":
-            overrides.append(f"reward.model={reward.path}")
-        return load_recipe(spec.recipe, _load(STAGES[spec.stage][0]), self._common(overrides))
+        """The stage's recipe with the outputs of earlier stages handed over as paths."""
+        st = stage_of(spec.stage)
+        recipe = load_recipe(spec.recipe, st.recipe, self._common(spec.overrides))
+        return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
+                                 pairs=pairs, conversations=pairs, prompts=pairs,
+                                 reward_model=reward.path if reward else None)
 
     def run(self) -> int:
         """Run every stage; returns the exit code (0 done, 1 a gate failed, 3 waiting for labels)."""
@@ -139,6 +125,7 @@ class Pipeline:
                 pairs = self._collected_pairs(parent)
                 if pairs is None:
                     return WAITING_FOR_LABELS
+            st = stage_of(spec.stage)
             stage_recipe = self._stage_recipe(spec, parent, reward, pairs)
             fp = self._fingerprint(spec, stage_recipe, parent, reward)
             run = self._completed(fp)
@@ -147,13 +134,13 @@ class Pipeline:
             else:
                 print(f"== {spec.stage}: training ({spec.recipe})")
                 try:
-                    run = _load(STAGES[spec.stage][1])(stage_recipe)
+                    run = stage.run(st, stage_recipe)
                 except TrainingFailed as e:
                     print(f"pipeline stopped: {spec.stage} failed: {e}")
                     return 1
                 run.update(pipeline={"name": self.recipe.name, "fingerprint": fp, "source": self.source})
             row = {"stage": spec.stage, "run": run.id, "gate": None}
-            if spec.stage == "reward":
+            if st.produces == "reward_model":
                 reward = run
                 row["gate"] = (run.manifest.get("reward_gate") or {}).get("verdict", "n/a")
             else:
@@ -166,8 +153,7 @@ class Pipeline:
                     self._print_summary(summary, passed)
                     print(f"pipeline stopped: the gate failed for {spec.stage} ({run.path / 'gate.json'})")
                     return 1
-                if spec.stage in POLICY_STAGES:
-                    passed = run
+                passed = run  # a policy whose gate passed (or had none)
             summary.append(row)
         self._promote(passed)
         self._print_summary(summary, passed)
@@ -183,14 +169,14 @@ class Pipeline:
             registry.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
 
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
-        resolved = to_dict(stage_recipe)
-        work = {k: v for k, v in resolved.items() if k not in ("output", "tracking")}
-        files = resolved.get("data", {}).get("train") if isinstance(resolved.get("data"), dict) else None
-        files = [files] if isinstance(files, str) else list(files or [])
+        """The stage's work as the lifecycle fingerprints it (recipe, TRL settings, library versions), before its
+        data is curated: the input files' sha256s, the parent and reward runs, and the gate."""
+        st = stage_of(spec.stage)
+        files = stage_recipe.data.files if hasattr(stage_recipe, "data") else []
         shas = {f: runs.sha256_file(f) for f in files if Path(f).is_file()}
         gate = runs.sha256_file(spec.gate) if spec.gate else None
-        return runs.fingerprint(spec.stage, work, shas, parent.id if parent else None,
-                                reward.id if reward else None, gate)
+        return stage.fingerprint(spec.stage, stage_recipe, shas, parent.id if parent else None,
+                                 stage.trl_kwargs(st.defaults, stage_recipe.train), reward.id if reward else None, gate)
 
     def _completed(self, fp: str) -> runs.Run | None:
         reg = runs.read_registry(self.root)

@@ -103,16 +103,30 @@ def to_dict(recipe: Any) -> dict:
     return dataclasses.asdict(recipe)
 
 
-def help_text(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """(dotted key, help, default) for every field of a recipe class, recursively."""
+def help_text(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every field of a recipe class, recursively; a nested section's defaults
+    are those of the instance its parent builds (e.g. the SFT recipe's own data.train)."""
     rows = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += help_text(tp, _join(prefix, f.name))
+        tp, dotted = hints[f.name], _join(prefix, f.name)
+        if instance is not None:
+            default = getattr(instance, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            try:
+                default = f.default_factory()
+            except (ValueError, TypeError):  # a section whose defaults alone do not validate
+                default = "(required)"
         else:
-            default = f.default if f.default is not dataclasses.MISSING else "(see help)"
-            rows.append((_join(prefix, f.name), f.metadata.get("help", ""), default))
+            default = "(required)"
+        if dataclasses.is_dataclass(tp):
+            if f.metadata.get("help"):
+                rows.append((dotted, f.metadata["help"], "(section)"))
+            rows += help_text(tp, dotted, default if dataclasses.is_dataclass(default) else None)
+        else:
+            rows.append((dotted, f.metadata.get("help", ""), default))
     return rows
 
 
@@ -123,8 +137,8 @@ class _Where:
         self.file, self.lines = file, lines
 
     def at(self, dotted: str) -> str:
-        while dotted and dotted not in self.lines:
-            dotted = dotted.rpartition(".")[0]
+        while dotted and dotted not in self.lines:  # stages[1].recipe → stages[1] → stages → ""
+            dotted = dotted[:dotted.rindex("[")] if dotted.endswith("]") else dotted.rpartition(".")[0]
         line = self.lines.get(dotted)
         return f"{self.file}:{line}" if line else self.file
 
@@ -136,6 +150,10 @@ def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
             dotted = _join(prefix, str(key_node.value))
             lines[dotted] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, dotted))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            lines.update(_key_lines(item, f"{prefix}[{i}]"))
     return lines
 
 
@@ -176,7 +194,10 @@ def _coerce(value: Any, tp: Any, where: _Where, dotted: str) -> Any:
         items = value if isinstance(value, (list, tuple)) else None
         if items is None:
             raise UserError(f"{where.at(dotted)}: '{dotted}' must be a list, got {value!r}")
-        coerced = [_coerce(v, args[0], where, dotted) for v in items] if args else list(items)
+        if args and dataclasses.is_dataclass(args[0]):  # a list of sections, each checked like one
+            coerced = [build(args[0], v, where, f"{dotted}[{i}]") for i, v in enumerate(items)]
+        else:
+            coerced = [_coerce(v, args[0], where, dotted) for v in items] if args else list(items)
         return tuple(coerced) if origin is tuple else coerced
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

@@ -1,25 +1,152 @@
-"""What every training stage does around its TRL trainer: open (or resume) a run, build TRL args, close it.
+"""A stage is a value; `run(stage, recipe)` is the one lifecycle every training stage goes through.
 
-A stage's train.py reads: load model → load data → `open_run` → build the TRL trainer with
-`trl_args` → train → `close_run`. Nothing here trains; TRL does.
+A stage package exports a `Stage`: its name, recipe class, TRL config class, what it consumes and produces,
+and three functions of its own — `load_data` (files → TRL datasets), `build_trainer` (model + TRL trainer)
+and, where the default is not enough, `finish` (after training: checks, save, summary). Everything else is
+here, in this order:
+
+    tokenizer → adapter base and chat-template lineage → data → the fully resolved TRL config → fingerprint
+    → new run (or resume) → trainer → resolved config into the manifest and W&B → train → finite check
+    → finish (evaluate, save) → close
+
+Nothing here trains; TRL does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from alignkit import runs, tracking
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.recipe import to_dict
 
+# What a stage can consume, and the recipe key the pipeline sets to hand it over.
+INPUTS = {"adapter": "model.adapter", "pairs": "data.train", "conversations": "data.train",
+          "prompts": "data.train", "reward_model": "reward.model"}
+# Libraries whose version changes what a run computes: part of every fingerprint.
+FINGERPRINT_LIBRARIES = ("torch", "transformers", "trl", "peft")
+# TRL config fields that say where a run's files go or how it is tracked, not what it computes.
+RUN_LOCAL = ("output_dir", "run_name", "report_to", "logging_dir")
+# transformers 5 renamed these; TRL still accepts the old names.
+ALIASES = {"gradient_checkpointing": "activation_checkpointing"}
 
-def start(model_cfg):
-    """What every stage does first: the tokenizer (checked, with its template sha256) and, when the recipe
-    continues an adapter, the run that made it (after checking the adapter was trained on this base)."""
+
+@dataclass
+class Data:
+    """What a stage's `load_data` hands the lifecycle: TRL datasets and what to record about them."""
+
+    inputs: dict[str, str]                 # fingerprinted inputs: file → sha256 (and e.g. the reward source)
+    fields: dict[str, Any]                 # manifest entries, e.g. {"data": {"sha256": …, "curation": report}}
+    train: Any = None                      # the TRL train dataset
+    eval: Any = None                       # the TRL eval dataset, or None
+    trl: dict[str, Any] = field(default_factory=dict)   # TRL settings the data forces (no val split → no eval)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else the stage's trainer needs
+
+
+@dataclass
+class Context:
+    """One stage run in progress, as the stage's own functions see it."""
+
+    stage: "Stage"
+    recipe: Any
+    tokenizer: Any
+    data: Data
+    args: Any                              # the TRL config (trainer.args once the trainer exists)
+    opened: "OpenRun"
+    parent: runs.Run | None = None
+    summary: dict[str, Any] = field(default_factory=dict)   # → manifest "metrics" and the W&B summary
+    fields: dict[str, Any] = field(default_factory=dict)    # → other manifest entries at close
+
+    @property
+    def run(self) -> runs.Run:
+        return self.opened.run
+
+    @property
+    def callbacks(self) -> list:
+        """The callbacks every trainer gets: metrics.jsonl and the NaN stop."""
+        return [self.opened.metrics]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage: what `run` needs to know about it."""
+
+    name: str
+    recipe: type
+    trl_config: str | Callable[[Any], str]  # a TRL config class name, or recipe → name (RLHF: RLOO or GRPO)
+    defaults: dict[str, Any]                 # our defaults under the recipe's `train:`
+    consumes: tuple[str, ...]                # keys of INPUTS
+    produces: str                            # "adapter" (a policy) or "reward_model"
+    load_data: Callable[[Any, Any], Data]    # (recipe, tokenizer) → Data
+    build_trainer: Callable[[Context], Any]  # → a TRL trainer on ctx.args
+    finish: Callable[[Context, Any, Any], None] | None = None  # (ctx, trainer, train result); default: finish()
+    eval_keys: dict[str, str] = field(default_factory=dict)  # summary name → TRL metric of the final eval
+
+    def config_class(self, recipe) -> type:
+        import trl
+
+        name = self.trl_config(recipe) if callable(self.trl_config) else self.trl_config
+        return getattr(trl, name)
+
+
+def run(stage: Stage, recipe: Any) -> runs.Run:
+    """Run `stage` on `recipe` from tokenizer to closed manifest; returns the completed run."""
+    tokenizer, template_sha, parent = start(recipe.model, stage.name)
+    data = stage.load_data(recipe, tokenizer)
+    args = resolve_config(stage, recipe, data.trl)
+    opened = open_run(recipe, stage.name, inputs=data.inputs, parent=parent, config=args,
+                      extra={**model_manifest(recipe.model, template_sha), **data.fields})
+    args.output_dir, args.run_name = str(opened.run.path / "checkpoints"), opened.run.id
+    with guard(opened):
+        ctx = Context(stage, recipe, tokenizer, data, args, opened, parent)
+        trainer = stage.build_trainer(ctx)
+        ctx.args = trainer.args
+        record_config(opened, trainer.args)
+        result = trainer.train(resume_from_checkpoint=opened.resume_from)
+        check_finite(opened)
+        ctx.summary.update(train_loss=result.training_loss, train_steps=result.global_step,
+                           train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1))
+        (stage.finish or finish)(ctx, trainer, result)
+        check_finite(opened)
+        return close_run(opened, ctx.summary, **ctx.fields)
+
+
+def finish(ctx: Context, trainer, result) -> None:
+    """The default end of a stage: the final held-out evaluation, then the adapter saved."""
+    evaluate(ctx, trainer)
+    save_adapter(ctx, trainer.model)
+
+
+def evaluate(ctx: Context, trainer) -> None:
+    """Put the final held-out metrics named by the stage's eval_keys into the summary."""
+    keys = ctx.stage.eval_keys
+    if trainer.eval_dataset is None or not keys:
+        return
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals and evals[-1].get("step") == trainer.state.global_step:
+        final = evals[-1]  # the last step was just evaluated; a second pass would give the same numbers
+    else:
+        final = trainer.evaluate()
+        check_finite(ctx.opened)
+    ctx.summary.update({name: final[key] for name, key in keys.items() if key in final})
+
+
+def save_adapter(ctx: Context, model) -> None:
+    """The trained adapter (and the tokenizer) into the run's adapter/."""
+    from alignkit import models
+
+    models.save_adapter(model, ctx.tokenizer, ctx.run.adapter_dir)
+
+
+def start(model_cfg, stage_name: str = "this"):
+    """The tokenizer (with its template sha256) and, when the recipe continues an adapter, the run that made
+    it, after checking the adapter was trained on this base with this chat template."""
     from alignkit import models
 
     tokenizer, template_sha = models.load_tokenizer(model_cfg.base, model_cfg.revision, model_cfg.trust_remote_code)
@@ -27,7 +154,18 @@ def start(model_cfg):
     if model_cfg.adapter:
         models.check_adapter_base(model_cfg.adapter, model_cfg.base)
         parent = runs.parent_of_adapter(model_cfg.adapter)
+        check_template(parent, template_sha, stage_name)
     return tokenizer, template_sha, parent
+
+
+def check_template(parent: runs.Run | None, template_sha: str, stage_name: str) -> None:
+    """The chat template must be the one the parent run trained with, else the adapter learned other tokens."""
+    theirs = parent.manifest.get("chat_template_sha256") if parent is not None else None
+    if theirs and theirs != template_sha:
+        raise UserError(
+            f"chat template mismatch: the parent {parent.manifest.get('stage', 'run')} run {parent.id} trained with "
+            f"template sha256 {theirs[:16]}…, this {stage_name} run's tokenizer has {template_sha[:16]}…; "
+            "use the parent's base model/tokenizer (the adapter learned its template's tokens)")
 
 
 def model_manifest(model_cfg, template_sha: str) -> dict[str, Any]:
@@ -36,6 +174,46 @@ def model_manifest(model_cfg, template_sha: str) -> dict[str, Any]:
 
     return {"base_model": {"spec": model_cfg.base, "id": models.canonical_id(model_cfg.base)},
             "chat_template_sha256": template_sha}
+
+
+def trl_kwargs(defaults: dict[str, Any], train: dict, edits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The TRL config's arguments: precision for this machine, our defaults, the recipe's `train:` verbatim,
+    then what the data forces."""
+    kwargs = {**precision_defaults(), **defaults}
+    for old, new in ALIASES.items():  # a recipe's deprecated name must beat our default under the new one
+        if old in train:
+            kwargs.pop(new, None)
+    return {**kwargs, **train, **(edits or {})}
+
+
+def resolve_config(stage: Stage, recipe, edits: dict[str, Any] | None = None):
+    """The TRL config a run of `stage` trains with (output_dir and run_name are set when the run opens)."""
+    config_cls = stage.config_class(recipe)
+    kwargs = trl_kwargs(stage.defaults, recipe.train, edits)
+    kwargs.update(output_dir="checkpoints", report_to=["wandb"] if recipe.tracking.backend == "wandb" else "none")
+    try:
+        return config_cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"train: {config_cls.__name__} rejected the recipe: {e}") from None
+
+
+def config_dict(args) -> dict[str, Any]:
+    """A TRL config as JSON data: every field, as `trainer.args.to_dict()` has it."""
+    return json.loads(json.dumps(args.to_dict(), default=str))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a run computes."""
+    versions = runs.library_versions()
+    return {name: versions.get(name, "not installed") for name in FINGERPRINT_LIBRARIES}
+
+
+def fingerprint(stage_name: str, recipe, inputs: dict, parent_id: str | None, settings: dict, *extra: Any) -> str:
+    """Same work, same fingerprint: the recipe (less where results go and how they are tracked), the inputs,
+    the parent, the resolved TRL settings (less run-local paths) and the library versions."""
+    work = {k: v for k, v in to_dict(recipe).items() if k not in ("output", "tracking")}
+    settings = {k: v for k, v in settings.items() if k not in RUN_LOCAL}
+    return runs.fingerprint(stage_name, work, inputs, parent_id, settings, library_versions(), *extra)
 
 
 @dataclass
@@ -48,13 +226,10 @@ class OpenRun:
     wandb: Any
 
 
-def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Run | None,
+def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Run | None, config,
              extra: dict[str, Any]) -> OpenRun:
     """Start a run for `recipe`, or reopen an interrupted one with the same fingerprint (resume: auto)."""
-    resolved = to_dict(recipe)
-    # The fingerprint ignores where results go and how they are tracked: same work, same fingerprint.
-    work = {k: v for k, v in resolved.items() if k not in ("output", "tracking")}
-    fp = runs.fingerprint(stage, work, inputs, parent.id if parent else None)
+    fp = fingerprint(stage, recipe, inputs, parent.id if parent else None, config_dict(config))
     run, resume_from = None, None
     if recipe.output.resume == "auto":
         run = runs.resumable(recipe.output.dir, stage, fp)
@@ -63,7 +238,7 @@ def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Ru
             print(f"alignkit: resuming {run.id} from {Path(resume_from).name}")
             run.update(status="running", pid=_pid(), host=_host(), resumed_from=resume_from)
     if run is None:
-        run = runs.start_run(recipe.output.dir, stage, resolved, parent=parent.id if parent else None,
+        run = runs.start_run(recipe.output.dir, stage, to_dict(recipe), parent=parent.id if parent else None,
                              fingerprint_=fp, inputs=inputs, **extra)
     wb = tracking.start_wandb(recipe.tracking, run, job_type=stage, config=run.manifest)
     if wb is not None:
@@ -72,20 +247,26 @@ def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Ru
     return OpenRun(run, resume_from, tracking.MetricsCallback(tracking.JsonlLogger(run.metrics_path)), wb)
 
 
-def trl_args(config_cls: type, train: dict, opened: OpenRun, tracking_cfg, defaults: dict[str, Any]):
-    """The TRL config: our defaults, then the recipe's `train:` verbatim, then the run's own paths."""
-    kwargs = {**precision_defaults(), **defaults}
-    for old, new in ALIASES.items():  # a recipe's deprecated name must beat our default under the new one
-        if old in train:
-            kwargs.pop(new, None)
-    kwargs.update(train)
-    kwargs.update(output_dir=str(opened.run.path / "checkpoints"),
-                  report_to=["wandb"] if opened.wandb is not None else "none",
-                  run_name=opened.run.id)
-    try:
-        return config_cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"train: {config_cls.__name__} rejected the recipe: {e}") from None
+def record_config(opened: OpenRun, args) -> None:
+    """The TRL config the trainer holds (after its own edits) into the manifest and the W&B config."""
+    resolved = config_dict(args)
+    opened.run.update(trl_config_class=type(args).__name__, trl_config=resolved)
+    if opened.wandb is not None:
+        opened.wandb.config.update({"trl_config": resolved}, allow_val_change=True)
+
+
+def with_inputs(stage: Stage, recipe, **paths: str | Path | None):
+    """`recipe` with the files another stage produced handed over, e.g. adapter=…, pairs=…, reward_model=…."""
+    for kind, path in paths.items():
+        if path is None or kind not in stage.consumes:
+            continue
+        section, _, key = INPUTS[kind].partition(".")
+        try:
+            inner = dataclasses.replace(getattr(recipe, section), **{key: str(path)})
+        except (ValueError, TypeError) as e:
+            raise UserError(f"{stage.name}: cannot set {INPUTS[kind]}={path}: {e}") from None
+        recipe = dataclasses.replace(recipe, **{section: inner})
+    return recipe
 
 
 def build_trainer(trainer_cls: type, **kwargs: Any):
@@ -94,10 +275,6 @@ def build_trainer(trainer_cls: type, **kwargs: Any):
         return trainer_cls(**kwargs)
     except ValueError as e:
         raise UserError(f"train: {trainer_cls.__name__} rejected the recipe: {e}") from None
-
-
-# transformers 5 renamed these; TRL still accepts the old names.
-ALIASES = {"gradient_checkpointing": "activation_checkpointing"}
 
 
 def precision_defaults() -> dict[str, Any]:

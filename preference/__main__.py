@@ -6,11 +6,9 @@ A recipe with a KTO `train:` section (recipes/smollm2/kto.yaml) runs KTO: `pytho
 import sys
 
 from alignkit.entry import stage_main
-from preference.config import DPORecipe, KTORecipe
-from preference.train import run, run_kto
+from preference.train import DPO, KTO
 
 if __name__ == "__main__":
     if "--kto" in sys.argv[1:]:
-        sys.exit(stage_main("python -m preference --kto", KTORecipe, run_kto,
-                            [a for a in sys.argv[1:] if a != "--kto"]))
-    sys.exit(stage_main("python -m preference", DPORecipe, run))
+        sys.exit(stage_main("python -m preference --kto", KTO, argv=[a for a in sys.argv[1:] if a != "--kto"]))
+    sys.exit(stage_main("python -m preference", DPO))

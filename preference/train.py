@@ -1,28 +1,19 @@
-"""DPO (and KTO), top to bottom: tokenizer → contracts with the parent → pairs → run → SFT adapter, trainable,
-with its frozen copy as the reference → TRL trainer → step-0 reference check → train → adapter → manifest."""
+"""DPO (and KTO), top to bottom: pairs → the parent's SFT adapter, trainable, with its frozen copy as the
+reference → TRL trainer → step-0 reference check → train → best checkpoint, held-out metrics, adapter.
+
+The lifecycle around it (tokenizer, template lineage, resolved TRL config, run, manifest) is
+`alignkit.stage.run`; `DPO` and `KTO` are what it needs to know about these stages.
+"""
 
 from __future__ import annotations
 
 import random
 
 from alignkit import models, stage
-from alignkit.errors import UserError
 from alignkit.pairs import load_pairs, pairs_to_kto, thumbs_to_kto, to_kto_dataset, to_preference_dataset
 from alignkit.runs import Run
 from preference.config import DPO_DEFAULTS, KTO_DEFAULTS, DPORecipe, KTORecipe
 from preference.reference import check_reference
-
-
-def check_template(parent: Run | None, template_sha: str, stage_name: str) -> None:
-    """The chat template must be the one the parent run trained with, else the adapter learned other tokens."""
-    if parent is None:
-        return
-    theirs = parent.manifest.get("chat_template_sha256")
-    if theirs and theirs != template_sha:
-        raise UserError(
-            f"chat template mismatch: the parent {parent.manifest.get('stage', 'run')} run {parent.id} trained with "
-            f"template sha256 {theirs[:16]}…, this {stage_name} run's tokenizer has {template_sha[:16]}…; "
-            "use the parent's base model/tokenizer (the adapter learned its template's tokens)")
 
 
 def policy(recipe, args):
@@ -38,79 +29,82 @@ def policy(recipe, args):
     return models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing)
 
 
-def _start(recipe, stage_name: str, allow_unpaired: bool):
-    tokenizer, template_sha, parent = stage.start(recipe.model)
-    check_template(parent, template_sha, stage_name)
+def _pairs(recipe, tokenizer, allow_unpaired: bool):
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.pairs.overlong, invalid=recipe.pairs.invalid,
                           allow_unpaired=allow_unpaired)
     print(f"data: {prepared.report}")
-    opened = stage.open_run(recipe, stage_name, inputs=prepared.sha256s, parent=parent, extra={
-        **stage.model_manifest(recipe.model, template_sha),
-        "data": {"sha256": prepared.sha256s, "curation": prepared.report},
-    })
-    return tokenizer, prepared, opened
+    return prepared
 
 
-def _train(trainer, opened, recipe, eval_keys: dict[str, str]) -> Run:
-    """Step-0 check, train, evaluate, save; shared by DPO and KTO."""
-    ref_check = check_reference(trainer, recipe.reference.pairs, recipe.reference.tolerance)
+def _data(prepared, train, val) -> stage.Data:
+    # Without held-out pairs there is nothing to evaluate, and no best checkpoint to pick.
+    edits = {} if val is not None else {"eval_strategy": "no", "metric_for_best_model": None}
+    return stage.Data(inputs=prepared.sha256s, fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report}},
+                      train=train, eval=val, trl=edits)
+
+
+def load_dpo_data(recipe: DPORecipe, tokenizer) -> stage.Data:
+    """Curated pairs in TRL's conversational preference format (prompt, chosen, rejected)."""
+    prepared = _pairs(recipe, tokenizer, allow_unpaired=False)
+    return _data(prepared, *(to_preference_dataset(prepared.splits[s]) for s in ("train", "val")))
+
+
+def load_kto_data(recipe: KTORecipe, tokenizer) -> stage.Data:
+    """Thumbs (unpaired) and pairs split into thumbs, in TRL's unpaired format (prompt, completion, label)."""
+    prepared = _pairs(recipe, tokenizer, allow_unpaired=True)
+    seed = recipe.train.get("seed", KTO_DEFAULTS["seed"])
+
+    def rows(split: str):
+        out = pairs_to_kto(prepared.splits[split]) + thumbs_to_kto(prepared.unpaired[split])
+        # KTO's KL term pairs each example with its batch neighbours in a fixed (sequential) order, so the
+        # two halves of one pair must not sit side by side: a seeded shuffle.
+        random.Random(seed).shuffle(out)
+        return to_kto_dataset(out)
+
+    return _data(prepared, rows("train"), rows("val"))
+
+
+def build_trainer(ctx: stage.Context):
+    """The policy under TRL's DPOTrainer or KTOTrainer (by the config class), reference checked at step 0."""
+    import trl
+
+    trainer_cls = trl.DPOTrainer if isinstance(ctx.args, trl.DPOConfig) else trl.KTOTrainer
+    trainer = stage.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
+                                  train_dataset=ctx.data.train, eval_dataset=ctx.data.eval,
+                                  processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+    ref_check = check_reference(trainer, ctx.recipe.reference.pairs, ctx.recipe.reference.tolerance)
     print(f"reference check: passed (max |implicit reward| {ref_check.max_abs_reward:.2e} on "
           f"{ref_check.sequences} sequences)")
-    opened.run.update(reference_check=ref_check.as_dict())
-    result = trainer.train(resume_from_checkpoint=opened.resume_from)
-    stage.check_finite(opened)
-    summary = {"train_loss": result.training_loss, "train_steps": result.global_step,
-               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1)}
-    if trainer.eval_dataset is not None:
-        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
-        if evals and evals[-1].get("step") == trainer.state.global_step:
-            final = evals[-1]  # the last step was just evaluated; a second pass would give the same numbers
-        else:
-            final = trainer.evaluate()
-            stage.check_finite(opened)
-        summary.update({name: final[key] for name, key in eval_keys.items() if key in final})
-    best = {"checkpoint": trainer.state.best_model_checkpoint, "metric": trainer.args.metric_for_best_model,
-            "value": trainer.state.best_metric}
-    models.save_adapter(trainer.model, trainer.processing_class, opened.run.adapter_dir)
-    return stage.close_run(opened, summary, best_checkpoint=best)
+    ctx.run.update(reference_check=ref_check.as_dict())
+    return trainer
+
+
+def finish(ctx: stage.Context, trainer, result) -> None:
+    """Held-out metrics, the best checkpoint by the stage's metric, the adapter."""
+    stage.evaluate(ctx, trainer)
+    ctx.fields["best_checkpoint"] = {"checkpoint": trainer.state.best_model_checkpoint,
+                                     "metric": trainer.args.metric_for_best_model, "value": trainer.state.best_metric}
+    stage.save_adapter(ctx, trainer.model)
+
+
+DPO = stage.Stage(
+    name="dpo", recipe=DPORecipe, trl_config="DPOConfig", defaults=DPO_DEFAULTS,
+    consumes=("pairs", "adapter"), produces="adapter", load_data=load_dpo_data, build_trainer=build_trainer,
+    finish=finish, eval_keys={"eval_loss": "eval_loss", "eval_preference_accuracy": "eval_rewards/accuracies",
+                              "eval_reward_margin": "eval_rewards/margins"})
+
+KTO = stage.Stage(
+    name="kto", recipe=KTORecipe, trl_config="KTOConfig", defaults=KTO_DEFAULTS,
+    consumes=("pairs", "adapter"), produces="adapter", load_data=load_kto_data, build_trainer=build_trainer,
+    finish=finish, eval_keys={"eval_loss": "eval_loss", "eval_reward_margin": "eval_rewards/margins",
+                              "eval_kl": "eval_kl"})
 
 
 def run(recipe: DPORecipe) -> Run:
     """Refine the recipe's adapter with DPO on preference pairs; returns the completed run."""
-    from trl import DPOConfig, DPOTrainer
-
-    tokenizer, prepared, opened = _start(recipe, "dpo", allow_unpaired=False)
-    with stage.guard(opened):
-        args = stage.trl_args(DPOConfig, recipe.train, opened, recipe.tracking, DPO_DEFAULTS)
-        train_ds, val_ds = (to_preference_dataset(prepared.splits[s]) for s in ("train", "val"))
-        if val_ds is None:
-            args.eval_strategy, args.metric_for_best_model = "no", None
-        trainer = stage.build_trainer(DPOTrainer, model=policy(recipe, args), args=args, train_dataset=train_ds,
-                                      eval_dataset=val_ds, processing_class=tokenizer, callbacks=[opened.metrics])
-        return _train(trainer, opened, recipe, {"eval_loss": "eval_loss",
-                                                "eval_preference_accuracy": "eval_rewards/accuracies",
-                                                "eval_reward_margin": "eval_rewards/margins"})
+    return stage.run(DPO, recipe)
 
 
 def run_kto(recipe: KTORecipe) -> Run:
     """Refine the recipe's adapter with KTO on thumbs (unpaired) and/or pairs split into thumbs."""
-    from trl import KTOConfig, KTOTrainer
-
-    tokenizer, prepared, opened = _start(recipe, "kto", allow_unpaired=True)
-    with stage.guard(opened):
-        args = stage.trl_args(KTOConfig, recipe.train, opened, recipe.tracking, KTO_DEFAULTS)
-
-        def rows(split: str):
-            out = pairs_to_kto(prepared.splits[split]) + thumbs_to_kto(prepared.unpaired[split])
-            # KTO's KL term pairs each example with its batch neighbours in a fixed (sequential) order, so the
-            # two halves of one pair must not sit side by side: a seeded shuffle.
-            random.Random(args.seed).shuffle(out)
-            return to_kto_dataset(out)
-
-        train_ds, val_ds = rows("train"), rows("val")
-        if val_ds is None:
-            args.eval_strategy, args.metric_for_best_model = "no", None
-        trainer = stage.build_trainer(KTOTrainer, model=policy(recipe, args), args=args, train_dataset=train_ds,
-                                      eval_dataset=val_ds, processing_class=tokenizer, callbacks=[opened.metrics])
-        return _train(trainer, opened, recipe, {"eval_loss": "eval_loss", "eval_reward_margin": "eval_rewards/margins",
-                                                "eval_kl": "eval_kl"})
+    return stage.run(KTO, recipe)

@@ -3,8 +3,7 @@
 import sys
 
 from alignkit.entry import stage_main
-from reward.config import RewardRecipe
-from reward.train import run
+from reward.train import STAGE
 
 if __name__ == "__main__":
-    sys.exit(stage_main("python -m reward", RewardRecipe, run))
+    sys.exit(stage_main("python -m reward", STAGE))

@@ -77,75 +77,100 @@ def mean_reward(model, tokenizer, reward_fn: Callable, prompts: list, max_new_to
     return statistics.fmean(float(s) for s in scores)
 
 
-def run(recipe: RLHFRecipe) -> Run:
-    """RLOO (or GRPO) of the SFT adapter against the reward; fails the run on reward-hacking symptoms."""
-    from datasets import Dataset
-
-    cfg = recipe.rlhf
-    config_cls, trainer_cls = trl_classes(cfg.algorithm, recipe.train)
+def trl_config(recipe: RLHFRecipe) -> str:
+    """RLOOConfig or GRPOConfig by rlhf.algorithm, refusing what either cannot do before anything loads."""
+    config_cls, _ = trl_classes(recipe.rlhf.algorithm, recipe.train)
     beta = recipe.train.get("beta", RLHF_DEFAULTS["beta"])
-    if cfg.kl_ceiling is not None and not beta:
+    if recipe.rlhf.kl_ceiling is not None and not beta:
         raise UserError("rlhf.kl_ceiling is set but train.beta is 0: without a reference model TRL does not measure "
                         "KL, so the ceiling could not be enforced (set train.beta > 0 or rlhf.kl_ceiling: null)")
-    tokenizer, template_sha, parent = stage.start(recipe.model)
-    saved_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues the right end
+    return config_cls.__name__
+
+
+def load_data(recipe: RLHFRecipe, tokenizer) -> stage.Data:
+    """The reward function and the training prompts (the reward source is an input: it is fingerprinted)."""
+    trl_config(recipe)
     reward_fn, reward_info = load_reward(recipe)
-    prompts = load_prompts(recipe.data, tokenizer, cfg.max_prompts)
+    prompts = load_prompts(recipe.data, tokenizer, recipe.rlhf.max_prompts)
     print(f"prompts: {prompts.report}")
     train_prompts = prompts.splits["train"]
+    from datasets import Dataset
 
-    opened = stage.open_run(recipe, "rlhf", inputs={**prompts.sha256s, "reward": str(reward_info)}, parent=parent,
-                            extra={**stage.model_manifest(recipe.model, template_sha), "algorithm": cfg.algorithm,
-                                   "reward": reward_info, "data": {"sha256": prompts.sha256s, "prompts": prompts.report}})
-    with stage.guard(opened):
-        policy = models.load_model(recipe.model)
-        args = stage.trl_args(config_cls, recipe.train, opened, recipe.tracking, RLHF_DEFAULTS)
-        if recipe.model.adapter:  # TRL copies it to a frozen "ref" adapter: the KL reference is the SFT policy
-            policy = models.load_adapter(policy, recipe.model.adapter, trainable=True)
-        else:  # a fresh LoRA: with adapters disabled the reference is the base model
-            policy = models.attach_lora(policy, recipe.lora, gradient_checkpointing=args.activation_checkpointing)
-        probe = train_prompts[:cfg.eval_prompts]
-        before = mean_reward(policy, tokenizer, reward_fn, probe, args.max_completion_length)
-        guard = RewardHackingGuard(cfg.kl_ceiling, cfg.min_mean_length, cfg.max_clipped_ratio, cfg.patience)
-        trainer = stage.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=args,
-                                      train_dataset=Dataset.from_list([{"prompt": p} for p in train_prompts]),
-                                      processing_class=tokenizer, callbacks=[opened.metrics, guard])
-        result = trainer.train(resume_from_checkpoint=opened.resume_from)
-        stage.check_finite(opened)
-        logged = [row for row in _rows(opened) if "reward" in row]
-        if guard.tripped:
-            opened.run.update(guard={"reason": guard.reason, "step": guard.step, "notes": guard.notes})
-            raise TrainingFailed(f"reward hacking at step {guard.step}: {guard.reason}; the run is marked failed "
-                                 "and no adapter is saved")
-        model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-        if "ref" in model.peft_config:  # the frozen reference copy is TRL's, not part of the result
-            model.delete_adapter("ref")
-        model.set_adapter("default")
-        after = mean_reward(model, tokenizer, reward_fn, probe, args.max_completion_length)
-        tokenizer.padding_side = saved_side  # the adapter's tokenizer as the SFT stage saved it
-        models.save_adapter(model, tokenizer, opened.run.adapter_dir)
-        summary = {
-            "train_steps": result.global_step, "train_loss": result.training_loss,
-            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-            "reward_first": logged[0]["reward"] if logged else None,
-            "reward_last": logged[-1]["reward"] if logged else None,
-            "kl_last": logged[-1].get("kl") if logged else None,
-            "mean_length_last": logged[-1].get("completions/mean_length") if logged else None,
-            "greedy_reward_before": before, "greedy_reward_after": after, "greedy_reward_prompts": len(probe),
-        }
-        if before is not None:
-            print(f"mean reward of greedy replies to {len(probe)} training prompts: {before:.4f} → {after:.4f}")
-        return stage.close_run(opened, summary, guard={"reason": None, "notes": guard.notes})
+    return stage.Data(inputs={**prompts.sha256s, "reward": str(reward_info)},
+                      train=Dataset.from_list([{"prompt": p} for p in train_prompts]),
+                      extra={"reward_fn": reward_fn, "probe": train_prompts[:recipe.rlhf.eval_prompts]},
+                      fields={"algorithm": recipe.rlhf.algorithm, "reward": reward_info,
+                              "data": {"sha256": prompts.sha256s, "prompts": prompts.report}})
 
 
-def _rows(opened) -> list[dict]:
+def build_trainer(ctx: stage.Context):
+    """The SFT adapter, trainable (TRL keeps a frozen copy "ref": the KL reference is the SFT policy), or a new
+    LoRA (the reference is then the base), under RLOOTrainer or GRPOTrainer with the reward-hacking guard."""
+    recipe, cfg, tokenizer = ctx.recipe, ctx.recipe.rlhf, ctx.tokenizer
+    _, trainer_cls = trl_classes(cfg.algorithm, recipe.train)
+    # generation continues the right end; finish() restores the side before saving the tokenizer
+    ctx.data.extra["padding_side"], tokenizer.padding_side = tokenizer.padding_side, "left"
+    policy = models.load_model(recipe.model)
+    if recipe.model.adapter:
+        policy = models.load_adapter(policy, recipe.model.adapter, trainable=True)
+    else:
+        policy = models.attach_lora(policy, recipe.lora, gradient_checkpointing=ctx.args.activation_checkpointing)
+    reward_fn, probe = ctx.data.extra["reward_fn"], ctx.data.extra["probe"]
+    ctx.summary["greedy_reward_before"] = mean_reward(policy, tokenizer, reward_fn, probe,
+                                                      ctx.args.max_completion_length)
+    guard = RewardHackingGuard(cfg.kl_ceiling, cfg.min_mean_length, cfg.max_clipped_ratio, cfg.patience)
+    ctx.data.extra["guard"] = guard
+    return stage.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=ctx.args,
+                               train_dataset=ctx.data.train, processing_class=tokenizer,
+                               callbacks=ctx.callbacks + [guard])
+
+
+def finish(ctx: stage.Context, trainer, result) -> None:
+    """Fail on a reward-hacking symptom (no adapter saved); else the policy alone saved, its greedy replies scored."""
+    guard, tokenizer = ctx.data.extra["guard"], ctx.tokenizer
+    logged = [row for row in _rows(ctx.run) if "reward" in row]
+    if guard.tripped:
+        ctx.run.update(guard={"reason": guard.reason, "step": guard.step, "notes": guard.notes})
+        raise TrainingFailed(f"reward hacking at step {guard.step}: {guard.reason}; the run is marked failed "
+                             "and no adapter is saved")
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if "ref" in model.peft_config:  # the frozen reference copy is TRL's, not part of the result
+        model.delete_adapter("ref")
+    model.set_adapter("default")
+    probe, before = ctx.data.extra["probe"], ctx.summary.pop("greedy_reward_before")
+    after = mean_reward(model, tokenizer, ctx.data.extra["reward_fn"], probe, ctx.args.max_completion_length)
+    tokenizer.padding_side = ctx.data.extra["padding_side"]  # the adapter's tokenizer as the SFT stage saved it
+    stage.save_adapter(ctx, model)
+    ctx.summary.update({
+        "reward_first": logged[0]["reward"] if logged else None,
+        "reward_last": logged[-1]["reward"] if logged else None,
+        "kl_last": logged[-1].get("kl") if logged else None,
+        "mean_length_last": logged[-1].get("completions/mean_length") if logged else None,
+        "greedy_reward_before": before, "greedy_reward_after": after, "greedy_reward_prompts": len(probe),
+    })
+    ctx.fields["guard"] = {"reason": None, "notes": guard.notes}
+    if before is not None:
+        print(f"mean reward of greedy replies to {len(probe)} training prompts: {before:.4f} → {after:.4f}")
+
+
+STAGE = stage.Stage(name="rlhf", recipe=RLHFRecipe, trl_config=trl_config, defaults=RLHF_DEFAULTS,
+                    consumes=("prompts", "adapter", "reward_model"), produces="adapter", load_data=load_data,
+                    build_trainer=build_trainer, finish=finish)
+
+
+def run(recipe: RLHFRecipe) -> Run:
+    """RLOO (or GRPO) of the SFT adapter against the reward; fails the run on reward-hacking symptoms."""
+    return stage.run(STAGE, recipe)
+
+
+def _rows(run: Run) -> list[dict]:
     import json
 
-    path = opened.run.metrics_path
+    path = run.metrics_path
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 if __name__ == "__main__":
     from alignkit.entry import stage_main
 
-    sys.exit(stage_main("python -m reward.rlhf", RLHFRecipe, run))
+    sys.exit(stage_main("python -m reward.rlhf", STAGE))

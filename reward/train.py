@@ -1,5 +1,6 @@
-"""Reward model, top to bottom: tokenizer → pairs → run → seq-cls model + LoRA (+ score head) → TRL RewardTrainer
-→ adapter → held-out accuracy, margin, calibration with the saved model → gate → manifest."""
+"""Reward model, top to bottom: pairs → seq-cls model + LoRA (+ score head) → TRL RewardTrainer → adapter →
+held-out accuracy, margin, calibration with the saved model → gate. The lifecycle around it (tokenizer, lineage,
+resolved TRL config, run, manifest) is `alignkit.stage.run`; `STAGE` is what it needs to know."""
 
 from __future__ import annotations
 
@@ -71,66 +72,78 @@ def plot_calibration(stats: dict, path) -> None:
     plt.close(fig)
 
 
-def run(recipe: RewardRecipe) -> Run:
-    """Train a LoRA reward model (score head saved with the adapter) and gate it on held-out pairs."""
-    from trl import RewardConfig, RewardTrainer
-
-    tokenizer, template_sha, parent = stage.start(recipe.model)
+def load_data(recipe: RewardRecipe, tokenizer) -> stage.Data:
+    """Curated pairs; the val + test pairs are the held-out set (evaluated during training, then gated on)."""
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.reward.overlong)
     print(f"data: {prepared.report}")
     heldout = heldout_pairs(prepared, recipe)
+    train_ds, eval_ds = to_preference_dataset(prepared.splits["train"]), to_preference_dataset(heldout)
+    # the length-grouped sampler serves the held-out evaluation too (the Trainer asks it for both)
+    train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
+    eval_ds = eval_ds.add_column("length", pair_lengths(heldout, tokenizer))
+    return stage.Data(inputs=prepared.sha256s, train=train_ds, eval=eval_ds, extra={"heldout": heldout},
+                      fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report},
+                              "init_adapter": recipe.model.adapter})
 
-    opened = stage.open_run(recipe, "reward", inputs=prepared.sha256s, parent=parent, extra={
-        **stage.model_manifest(recipe.model, template_sha),
-        "data": {"sha256": prepared.sha256s, "curation": prepared.report},
-        "init_adapter": recipe.model.adapter,
-    })
-    with stage.guard(opened):
-        model = models.load_model(recipe.model, sequence_classification=True, num_labels=1)
-        if recipe.model.adapter:
-            model = merge_into_seq_cls(recipe.model, recipe.model.adapter, model)
-        model.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last non-pad token
-        args = stage.trl_args(RewardConfig, recipe.train, opened, recipe.tracking, REWARD_DEFAULTS)
-        # SEQ_CLS makes peft train and save the new `score` head (modules_to_save) next to the LoRA weights.
-        try:
-            model = models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing,
-                                       task_type="SEQ_CLS")
-        except ValueError as e:  # e.g. layers_to_transform past this model's depth
-            raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
-        train_ds, eval_ds = to_preference_dataset(prepared.splits["train"]), to_preference_dataset(heldout)
-        # the length-grouped sampler serves the held-out evaluation too (the Trainer asks it for both)
-        train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
-        eval_ds = eval_ds.add_column("length", pair_lengths(heldout, tokenizer))
-        trainer = stage.build_trainer(RewardTrainer, model=model, args=args, train_dataset=train_ds,
-                                      eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[opened.metrics])
-        result = trainer.train(resume_from_checkpoint=opened.resume_from)
-        stage.check_finite(opened)
-        models.save_adapter(trainer.model, tokenizer, opened.run.adapter_dir)
-        if recipe.model.adapter:  # the reward model sits on base + SFT: keep the SFT adapter with it
-            shutil.copytree(recipe.model.adapter, opened.run.adapter_dir / SFT_INIT_DIR)
 
-        # Measure what was saved: reload the adapter (merged) and check it scores like the trained model.
-        # Unwrapped without accelerate's autocast wrapper, so both sides score in the weights' own precision.
-        trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
-        in_memory = RewardScorer(trained, tokenizer)
-        saved = RewardScorer.from_adapter(opened.run.adapter_dir, recipe.model.base)
-        probe = heldout[:4]
-        before, after = score_pairs(in_memory, probe, 8), score_pairs(saved, probe, 8)
-        drift = max(abs(a - b) for a, b in zip(before[0] + before[1], after[0] + after[1]))
-        if drift > RELOAD_TOLERANCE:
-            raise TrainingFailed(f"the saved reward model scores differently from the trained one (max |Δ| = "
-                                 f"{drift:.3g}); the score head was not saved with the adapter")
-        chosen, rejected = score_pairs(saved, heldout, recipe.reward.score_batch_size)
-        stats = metrics.pairwise_stats(chosen, rejected, recipe.reward.calibration_buckets)
-        verdict = metrics.gate(stats, recipe.reward.alpha)
-        opened.metrics.logger.log({f"heldout/{k}": v for k, v in stats.items() if isinstance(v, (int, float))},
-                                  step=result.global_step)
-        opened.metrics.logger.log({"heldout/calibration": stats["calibration"]}, step=result.global_step)
-        plot_calibration(stats, opened.run.path / "calibration.png")
-        summary = {"train_loss": result.training_loss, "train_steps": result.global_step,
-                   "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
-                   "heldout_accuracy": stats["accuracy"], "heldout_mean_margin": stats["mean_margin"],
-                   "heldout_pairs": stats["n"], "gate_p_value": verdict["p_value"], "reload_max_abs_diff": drift}
-        print(f"reward gate: {verdict['verdict'].upper()}: {verdict['reason']}"
-              + ("" if verdict["passed"] else " — RLHF will refuse this reward model"))
-        return stage.close_run(opened, summary, heldout=stats, reward_gate=verdict)
+def build_trainer(ctx: stage.Context):
+    """A sequence-classification model (on base + SFT adapter, merged, when model.adapter is set) with a new
+    LoRA and score head, under TRL's RewardTrainer."""
+    from trl import RewardTrainer
+
+    recipe, tokenizer = ctx.recipe, ctx.tokenizer
+    model = models.load_model(recipe.model, sequence_classification=True, num_labels=1)
+    if recipe.model.adapter:
+        model = merge_into_seq_cls(recipe.model, recipe.model.adapter, model)
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last non-pad token
+    # SEQ_CLS makes peft train and save the new `score` head (modules_to_save) next to the LoRA weights.
+    try:
+        model = models.attach_lora(model, recipe.lora, gradient_checkpointing=ctx.args.activation_checkpointing,
+                                   task_type="SEQ_CLS")
+    except ValueError as e:  # e.g. layers_to_transform past this model's depth
+        raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
+    return stage.build_trainer(RewardTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
+                               eval_dataset=ctx.data.eval, processing_class=tokenizer, callbacks=ctx.callbacks)
+
+
+def finish(ctx: stage.Context, trainer, result) -> None:
+    """Save the adapter (with the SFT adapter it sits on), check the saved model scores like the trained one,
+    then held-out accuracy, margin, calibration and the gate."""
+    recipe, tokenizer, run, heldout = ctx.recipe, ctx.tokenizer, ctx.run, ctx.data.extra["heldout"]
+    stage.save_adapter(ctx, trainer.model)
+    if recipe.model.adapter:  # the reward model sits on base + SFT: keep the SFT adapter with it
+        shutil.copytree(recipe.model.adapter, run.adapter_dir / SFT_INIT_DIR)
+
+    # Measure what was saved: reload the adapter (merged) and check it scores like the trained model.
+    # Unwrapped without accelerate's autocast wrapper, so both sides score in the weights' own precision.
+    trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
+    in_memory = RewardScorer(trained, tokenizer)
+    saved = RewardScorer.from_adapter(run.adapter_dir, recipe.model.base)
+    probe = heldout[:4]
+    before, after = score_pairs(in_memory, probe, 8), score_pairs(saved, probe, 8)
+    drift = max(abs(a - b) for a, b in zip(before[0] + before[1], after[0] + after[1]))
+    if drift > RELOAD_TOLERANCE:
+        raise TrainingFailed(f"the saved reward model scores differently from the trained one (max |Δ| = "
+                             f"{drift:.3g}); the score head was not saved with the adapter")
+    chosen, rejected = score_pairs(saved, heldout, recipe.reward.score_batch_size)
+    stats = metrics.pairwise_stats(chosen, rejected, recipe.reward.calibration_buckets)
+    verdict = metrics.gate(stats, recipe.reward.alpha)
+    logger = ctx.opened.metrics.logger
+    logger.log({f"heldout/{k}": v for k, v in stats.items() if isinstance(v, (int, float))}, step=result.global_step)
+    logger.log({"heldout/calibration": stats["calibration"]}, step=result.global_step)
+    plot_calibration(stats, run.path / "calibration.png")
+    ctx.summary.update(heldout_accuracy=stats["accuracy"], heldout_mean_margin=stats["mean_margin"],
+                       heldout_pairs=stats["n"], gate_p_value=verdict["p_value"], reload_max_abs_diff=drift)
+    ctx.fields.update(heldout=stats, reward_gate=verdict)
+    print(f"reward gate: {verdict['verdict'].upper()}: {verdict['reason']}"
+          + ("" if verdict["passed"] else " — RLHF will refuse this reward model"))
+
+
+STAGE = stage.Stage(name="reward", recipe=RewardRecipe, trl_config="RewardConfig", defaults=REWARD_DEFAULTS,
+                    consumes=("pairs",), produces="reward_model", load_data=load_data, build_trainer=build_trainer,
+                    finish=finish)
+
+
+def run(recipe: RewardRecipe) -> Run:
+    """Train a LoRA reward model (score head saved with the adapter) and gate it on held-out pairs."""
+    return stage.run(STAGE, recipe)

@@ -3,8 +3,7 @@
 import sys
 
 from alignkit.entry import stage_main
-from sft.config import SFTRecipe
-from sft.train import run
+from sft.train import STAGE
 
 if __name__ == "__main__":
-    sys.exit(stage_main("python -m sft", SFTRecipe, run))
+    sys.exit(stage_main("python -m sft", STAGE))

@@ -1,4 +1,8 @@
-"""SFT, top to bottom: tokenizer → data → run → model + LoRA → TRL SFTTrainer → adapter → manifest."""
+"""SFT, top to bottom: curated conversations → model + LoRA (or the parent's adapter) → TRL SFTTrainer.
+
+The lifecycle around it (tokenizer, lineage, resolved TRL config, run, train, save, manifest) is
+`alignkit.stage.run`; `STAGE` is what it needs to know about SFT.
+"""
 
 from __future__ import annotations
 
@@ -17,37 +21,34 @@ def to_dataset(conversations):
     return Dataset.from_list(rows) if rows else None
 
 
-def run(recipe: SFTRecipe) -> Run:
-    """Train a LoRA (or QLoRA) adapter on the recipe's data; returns the completed run."""
-    from trl import SFTConfig, SFTTrainer
-
-    tokenizer, template_sha, parent = stage.start(recipe.model)
+def load_data(recipe: SFTRecipe, tokenizer) -> stage.Data:
+    """Curated train/val conversations as TRL datasets; without a val split there is nothing to evaluate."""
     prepared = prepare_conversations(recipe.data, tokenizer)
     print(f"data: {prepared.report}")
+    train, val = to_dataset(prepared.splits["train"]), to_dataset(prepared.splits["val"])
+    return stage.Data(inputs=prepared.sha256s, fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report}},
+                      train=train, eval=val, trl={} if val is not None else {"eval_strategy": "no"})
 
-    opened = stage.open_run(recipe, "sft", inputs=prepared.sha256s, parent=parent, extra={
-        **stage.model_manifest(recipe.model, template_sha),
-        "data": {"sha256": prepared.sha256s, "curation": prepared.report},
-    })
-    with stage.guard(opened):
-        model = models.load_model(recipe.model)
-        args = stage.trl_args(SFTConfig, recipe.train, opened, recipe.tracking, SFT_DEFAULTS)
-        if recipe.model.adapter:
-            model = models.load_adapter(model, recipe.model.adapter, trainable=True)
-        else:
-            model = models.attach_lora(model, recipe.lora, gradient_checkpointing=args.activation_checkpointing)
-        train_ds, val_ds = to_dataset(prepared.splits["train"]), to_dataset(prepared.splits["val"])
-        if val_ds is None:
-            args.eval_strategy = "no"
-        trainer = stage.build_trainer(SFTTrainer, model=model, args=args, train_dataset=train_ds,
-                                      eval_dataset=val_ds, processing_class=tokenizer, callbacks=[opened.metrics])
-        result = trainer.train(resume_from_checkpoint=opened.resume_from)
-        stage.check_finite(opened)
-        summary = {"train_loss": result.training_loss, "train_steps": result.global_step,
-                   "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1)}
-        if val_ds is not None:
-            val = trainer.evaluate()
-            summary["val_loss"] = val["eval_loss"]
-            stage.check_finite(opened)
-        models.save_adapter(trainer.model, tokenizer, opened.run.adapter_dir)
-        return stage.close_run(opened, summary)
+
+def build_trainer(ctx: stage.Context):
+    """A new LoRA on the base (or the parent's adapter, trainable) under TRL's SFTTrainer."""
+    from trl import SFTTrainer
+
+    model = models.load_model(ctx.recipe.model)
+    if ctx.recipe.model.adapter:
+        model = models.load_adapter(model, ctx.recipe.model.adapter, trainable=True)
+    else:
+        model = models.attach_lora(model, ctx.recipe.lora, gradient_checkpointing=ctx.args.activation_checkpointing)
+    return stage.build_trainer(SFTTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
+                               eval_dataset=ctx.data.eval, processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+
+
+STAGE = stage.Stage(
+    name="sft", recipe=SFTRecipe, trl_config="SFTConfig", defaults=SFT_DEFAULTS,
+    consumes=("conversations", "adapter"), produces="adapter",
+    load_data=load_data, build_trainer=build_trainer, eval_keys={"val_loss": "eval_loss"})
+
+
+def run(recipe: SFTRecipe) -> Run:
+    """Train a LoRA (or QLoRA) adapter on the recipe's data; returns the completed run."""
+    return stage.run(STAGE, recipe)

@@ -118,17 +118,15 @@ def loss_combined(trainer) -> float:
 # Last in this module: building a TrainingArguments resets accelerate's global state under the module's trainer.
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path):
-    from trl import DPOConfig
-
     from alignkit import stage
     from alignkit.recipe import load_recipe
-    from preference.config import DPO_DEFAULTS, DPORecipe
+    from preference.config import DPORecipe
+    from preference.train import DPO
 
     smoothing = {"exo_pair": 1e-3, "robust": 0.1}.get(loss_type, 0.0)
     recipe = load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe,
                          [f"train.loss_type=[{loss_type}]", "train.loss_weights=[1.0]",
                           f"train.label_smoothing={smoothing}"])
-    opened = SimpleNamespace(run=SimpleNamespace(path=tmp_path, id="dpo-test"), wandb=None)
-    args = stage.trl_args(DPOConfig, recipe.train, opened, recipe.tracking, DPO_DEFAULTS)
+    args = stage.resolve_config(DPO, recipe)
     assert args.loss_type == [loss_type] and args.label_smoothing == smoothing
     assert args.precompute_ref_log_probs is False  # dpo.yaml's partial epoch scores the reference in each step

@@ -83,3 +83,137 @@ def test_nan_loss_stops_and_marks_the_run_failed(tmp_path, tiny_model_dir):
     (run_id,) = runs.read_registry(tmp_path / "runs")["runs"]
     run_dir = tmp_path / "runs" / run_id
     assert runs.Run(run_dir).status == "failed" and not (run_dir / "adapter").exists()
+
+
+# ---------------------------------------------------------------- the lifecycle's contracts, on SFT
+
+def test_manifest_holds_the_trl_config_the_trainer_saw(tmp_path, tiny_model_dir):
+    """The manifest's trl_config is trainer.args as TRL holds it: our stage defaults, the recipe, this machine's
+    precision and the run's own paths all applied (not just the YAML's keys)."""
+    import dataclasses
+
+    from alignkit import stage
+    from sft.train import STAGE
+
+    seen = {}
+
+    def capture(ctx):
+        seen["trainer"] = STAGE.build_trainer(ctx)
+        return seen["trainer"]
+
+    result = stage.run(dataclasses.replace(STAGE, build_trainer=capture), recipe(tmp_path, tiny_model_dir))
+    m = result.manifest
+    assert m["trl_config_class"] == "SFTConfig"
+    assert m["trl_config"] == stage.config_dict(seen["trainer"].args)
+    config = m["trl_config"]
+    assert config["padding_free"] is True and config["lr_scheduler_type"] == "cosine"  # stage defaults (not TRL's)
+    assert config["max_steps"] == 4 and config["save_steps"] == 2  # the recipe's overrides
+    assert config["bf16"] == stage.precision_defaults()["bf16"]  # decided for this machine
+    assert config["output_dir"] == str(result.path / "checkpoints") and config["run_name"] == result.id
+
+
+def _fingerprint(r, st):
+    from alignkit import stage
+
+    return stage.fingerprint(st.name, r, {"data.jsonl": "sha"}, None, stage.config_dict(stage.resolve_config(st, r)))
+
+
+def test_fingerprint_changes_with_a_stage_default_the_trl_version_or_the_precision(tmp_path, monkeypatch):
+    """A run resumes (and the pipeline reuses one) only for the same work: the same recipe is other work when
+    our default under `train:` changed, TRL was upgraded, or this machine decides bf16 differently."""
+    import dataclasses
+
+    from alignkit import runs, stage
+    from sft.train import STAGE
+
+    r = recipe(tmp_path, "smollm2-135m-instruct")
+    base = _fingerprint(r, STAGE)
+    assert _fingerprint(r, STAGE) == base  # deterministic
+    assert _fingerprint(r, dataclasses.replace(STAGE, defaults={**STAGE.defaults, "warmup_steps": 6})) != base
+    assert _fingerprint(r, STAGE) == base
+    assert _fingerprint(recipe(tmp_path / "elsewhere", "smollm2-135m-instruct"), STAGE) == base  # output.dir: same work
+
+    versions = runs.library_versions()
+    monkeypatch.setattr(runs, "library_versions", lambda: {**versions, "trl": "99.0"})
+    assert _fingerprint(r, STAGE) != base
+    monkeypatch.undo()
+
+    bf16 = stage.precision_defaults()["bf16"]
+    monkeypatch.setattr(stage, "precision_defaults", lambda: {"bf16": not bf16, "fp16": False, "use_cpu": True})
+    assert _fingerprint(r, STAGE) != base
+
+
+def test_resumed_run_losses_equal_the_uninterrupted_runs(tmp_path, tiny_model_dir, monkeypatch):
+    """Killed after step 3 and resumed from checkpoint-2, the run logs the same losses at steps 3 and 4 as a run
+    that was never interrupted: the resume restores weights, optimizer, scheduler, RNG and data order."""
+    def losses(run):
+        rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    whole = losses(run(recipe(tmp_path / "whole", tiny_model_dir, "train.eval_strategy=no")))
+
+    class Interrupting(tracking.MetricsCallback, StopAtStep3):
+        pass
+
+    monkeypatch.setattr(tracking, "MetricsCallback", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe(tmp_path / "resumed", tiny_model_dir, "train.eval_strategy=no"))
+    monkeypatch.undo()
+    resumed = run(recipe(tmp_path / "resumed", tiny_model_dir, "train.eval_strategy=no"))
+    assert resumed.manifest["resumed_from"].endswith("checkpoint-2")
+    again = losses(resumed)
+    assert sorted(again) == sorted(whole) == [1, 2, 3, 4]
+    assert [again[3], again[4]] == pytest.approx([whole[3], whole[4]], rel=1e-4, abs=1e-5)
+
+
+def _parent_with_template(root, model_dir, template_sha):
+    """A completed 'sft' run whose manifest says its adapter was trained under another chat template."""
+    from alignkit import models
+    from alignkit.sections import ModelConfig
+
+    tokenizer, _ = models.load_tokenizer(model_dir)
+    parent = runs.start_run(root, "sft", {}, chat_template_sha256=template_sha,
+                            base_model={"spec": model_dir, "id": models.canonical_id(model_dir)})
+    models.save_adapter(models.attach_lora(models.load_model(ModelConfig(base=model_dir)), {"r": 4, "alpha": 8}),
+                        tokenizer, parent.adapter_dir)
+    parent.finish("completed")
+    return parent
+
+
+def test_sft_continuing_an_adapter_with_another_template_exits_2(tmp_path, tiny_model_dir, capsys):
+    from alignkit.entry import stage_main
+    from sft.train import STAGE
+
+    parent = _parent_with_template(tmp_path / "runs", tiny_model_dir, "ab" * 32)
+    code = stage_main("python -m sft", STAGE, argv=[
+        "--config", str(ROOT / "recipes/smollm2/sft.yaml"), f"model.base={tiny_model_dir}",
+        f"model.adapter={parent.adapter_dir}", f"output.dir={tmp_path / 'runs'}", "tracking.backend=none",
+        "data.train=" + str(ROOT / "recipes/data/sft_demo.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "chat template mismatch: the parent sft run" in err and "abababab" in err
+    assert "this sft run's tokenizer" in err and "Traceback" not in err
+    assert list(runs.read_registry(tmp_path / "runs")["runs"]) == [parent.id]  # no run opened
+
+
+@pytest.mark.parametrize("name", ["reward", "rlhf", "dpo", "kto"])
+def test_every_stage_that_continues_an_adapter_checks_its_template(tmp_path, tiny_model_dir, name):
+    """The lineage check is the lifecycle's, before any stage's own code: the same refusal for every stage."""
+    from alignkit import stage
+    from alignkit.errors import UserError
+    from alignkit.sections import ModelConfig
+
+    parent = _parent_with_template(tmp_path / "runs", tiny_model_dir, "cd" * 32)
+    with pytest.raises(UserError, match=rf"chat template mismatch: .* this {name} run's tokenizer"):
+        stage.start(ModelConfig(base=tiny_model_dir, adapter=str(parent.adapter_dir)), name)
+
+
+def test_help_config_lists_every_key_with_its_default_and_help(capsys):
+    from alignkit.cli import build_parser
+
+    args = build_parser().parse_args(["sft", "--help-config"])
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "data.train: 'recipes/data/sft_demo.jsonl'" in out  # the SFT recipe's own default, not DataConfig's
+    assert "data.max_tokens: 1024\n    Drop records longer than this (tokens)." in out
+    assert "output.resume: 'auto'" in out and "model.quantization: 'none'" in out
+    assert "train.padding_free: True" in out  # our defaults under train:, which the recipe may override
