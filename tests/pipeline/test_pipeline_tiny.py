@@ -112,14 +112,39 @@ def test_bad_pipeline_recipes_fail_before_any_training(setup, tmp_path):
     pipeline, root = setup
     data = yaml.safe_load(Path(pipeline()).read_text())
     data["stages"][1]["stage"] = "ppo"
-    with pytest.raises(UserError, match="unknown stage 'ppo'; expected one of sft, dpo"):
+    with pytest.raises(UserError, match=r"bad1\.yaml:\d+: unknown stage 'ppo'; expected one of sft, dpo"):
         run_pipeline(write_yaml(tmp_path / "bad1.yaml", data), [])
     data["stages"][1]["stage"] = "dpo"
     data["stages"][1]["pairs"] = "recipes/data/missing.jsonl"
-    with pytest.raises(UserError, match="file not found: recipes/data/missing.jsonl"):
+    with pytest.raises(UserError, match=r"bad2\.yaml:\d+: file not found: recipes/data/missing.jsonl"):
         run_pipeline(write_yaml(tmp_path / "bad2.yaml", data), [])
     data["stages"][1]["pairs"] = "recipes/data/dpo_demo.jsonl"
     data["stages"][0]["overrides"].append("train.no_such_knob=1")
     with pytest.raises(UserError, match="unknown key 'train.no_such_knob'"):
         run_pipeline(write_yaml(tmp_path / "bad3.yaml", data), [])
     assert not root.exists()
+
+
+def test_a_changed_stage_default_or_trl_version_is_not_reused(monkeypatch):
+    """The pipeline's skip fingerprint holds the stage's resolved TRL settings and the library versions, so a
+    re-run after changing a stage default or upgrading TRL retrains instead of reusing a stale run."""
+    import dataclasses
+
+    from alignkit import stage
+    from alignkit.pipeline import Pipeline, StageSpec
+    from alignkit.recipe import load_recipe
+    from sft.train import STAGE
+
+    monkeypatch.chdir(ROOT)
+    spec = StageSpec(stage="sft", recipe="recipes/smollm2/sft.yaml")
+    recipe = load_recipe(spec.recipe, STAGE.recipe)
+    base = Pipeline._fingerprint(None, spec, recipe, None, None)
+    assert Pipeline._fingerprint(None, spec, recipe, None, None) == base
+    changed = dataclasses.replace(STAGE, defaults={**STAGE.defaults, "warmup_steps": 6})  # sft.yaml leaves it
+    monkeypatch.setattr("alignkit.pipeline.stage_of", lambda name: changed)
+    assert Pipeline._fingerprint(None, spec, recipe, None, None) != base
+    monkeypatch.undo()
+    monkeypatch.chdir(ROOT)
+    versions = stage.library_versions()
+    monkeypatch.setattr(stage, "library_versions", lambda: {**versions, "trl": "99.0"})
+    assert Pipeline._fingerprint(None, spec, recipe, None, None) != base

@@ -44,6 +44,8 @@ def test_dpo_continues_the_sft_adapter_and_records_held_out_metrics(sft_parent, 
     assert m["reference_check"]["passed"] and m["reference_check"]["max_abs_implicit_reward"] <= 1e-4
     assert {"eval_preference_accuracy", "eval_reward_margin", "eval_loss", "train_loss"} <= set(m["metrics"])
     assert m["best_checkpoint"]["metric"] == "eval_rewards/accuracies"
+    assert m["trl_config_class"] == "DPOConfig" and m["trl_config"]["warmup_steps"] == 2  # the stage default
+    assert m["trl_config"]["max_steps"] == 4 and m["trl_config"]["precompute_ref_log_probs"] is False  # dpo.yaml's
     assert Path(m["best_checkpoint"]["checkpoint"]).name in ("checkpoint-2", "checkpoint-4")
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     evals = [r for r in rows if "eval_rewards/accuracies" in r]
@@ -60,6 +62,7 @@ def test_kto_runs_on_pairs_split_into_thumbs(sft_parent, tiny_model_dir, pairs_f
     m = result.manifest
     assert m["status"] == "completed" and m["stage"] == "kto" and m["parent"] == sft_parent.id
     assert m["reference_check"]["passed"] and "eval_reward_margin" in m["metrics"]
+    assert m["trl_config_class"] == "KTOConfig" and m["trl_config"]["metric_for_best_model"] == "eval_rewards/margins"
 
 
 def test_template_mismatch_names_both_hashes_and_leaves_the_parent_alone(tmp_path, tiny_model_dir, pairs_file):

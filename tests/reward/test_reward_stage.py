@@ -45,6 +45,9 @@ def test_reward_run_records_heldout_metrics_and_gate(tiny_reward_run):
     assert m["status"] == "completed" and m["stage"] == "reward"
     assert m["heldout"]["n"] == 35 and len(m["heldout"]["calibration"]) == 4
     assert m["metrics"]["reload_max_abs_diff"] < 1e-4
+    config = m["trl_config"]  # what RewardTrainer trained with: our defaults, the recipe's overrides, TRL's own
+    assert m["trl_config_class"] == "RewardConfig" and config["train_sampling_strategy"] == "group_by_length"
+    assert config["max_steps"] == 2 and config["center_rewards_coefficient"] is None
     gate = m["reward_gate"]
     assert gate["passed"] is False and gate["alpha"] == 1e-6 and 0 <= gate["p_value"] <= 1
     assert (tiny_reward_run.path / "calibration.png").stat().st_size > 1000

@@ -88,6 +88,8 @@ def test_grpo_completes_and_saves_the_policy_alone(tiny_model_dir, tmp_path, rew
     m = run.manifest
     assert m["status"] == "completed" and m["algorithm"] == "grpo" and m["metrics"]["train_steps"] == 2
     assert m["metrics"]["greedy_reward_prompts"] == 2 and m["reward"] == {"function": f"{rewards_module}:noise"}
+    assert m["trl_config_class"] == "GRPOConfig" and m["trl_config"]["scale_rewards"] == "group"
+    assert m["trl_config"]["beta"] == 0.05 and m["trl_config"]["disable_dropout"] is True  # the stage's defaults
     config = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert config["task_type"] == "CAUSAL_LM" and not (run.adapter_dir / "ref").exists()
     rows = [r for r in map(json.loads, run.metrics_path.read_text().splitlines()) if "kl" in r]
