@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = {"sft", "preference", "reward", "collect", "eval"}
+STAGES = {"sft", "preference", "reward", "collect", "eval", "serve"}
 TOP_FLOOR = {"cli.py", "pipeline.py"}
 
 
