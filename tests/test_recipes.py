@@ -17,6 +17,7 @@ OTHER_RECIPES = {
     "eval": "eval.config:EvalRecipe",
     "gate": "eval.config:GateRecipe",
     "collect": "collect.config:CollectRecipe",
+    "serve": "serve.config:ServeRecipe",
     "pipeline": "alignkit.pipeline:PipelineRecipe",
 }
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
