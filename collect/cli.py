@@ -69,6 +69,10 @@ def build_commands(cmds) -> None:
     p.add_argument("--edited-as-chosen", action="store_true", default=None,
                    help="an edited ideal answer of a majority voter becomes the chosen side")
     p.add_argument("--no-dataset", action="store_true", help="skip the datasets.Dataset folder")
+    p.add_argument("--source", choices=["labels", "production"], default="labels",
+                   help="labels: the annotators' votes (default); production: what `alignkit serve` stored — "
+                        "thumbs → OUT/kto.jsonl, A/B preferences → OUT/dpo.jsonl, prompts → OUT/prompts.jsonl "
+                        "(--out is then a folder)")
     p.set_defaults(handler=cmd_export)
 
     p = cmds.add_parser("stats", help="agreement, position bias, time on task, gold accuracy, self-consistency")
@@ -296,6 +300,8 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
 def cmd_export(args) -> int:
     from collect.export import ExportRules, write
 
+    if args.source == "production":
+        return export_production(args)
     recipe = _recipe(args)
     store = _store(args, recipe)
     e = recipe.export if recipe else None
@@ -318,6 +324,30 @@ def cmd_export(args) -> int:
     print("dropped: " + (", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"))
     if "dataset" in report["files"]:
         print(f"dataset: {report['files']['dataset']}")
+    return 0
+
+
+def export_production(args) -> int:
+    """Served answers with feedback (alignkit serve) → KTO rows, DPO pairs and prompts for the next round."""
+    from pathlib import Path
+
+    from alignkit import feedback
+
+    recipe = _recipe(args)
+    url = args.store or os.environ.get("ALIGNKIT_COLLECT_STORE") or (recipe.store if recipe else DEFAULT_STORE)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: with --source production, --out is a folder (kto.jsonl, dpo.jsonl, "
+                        "prompts.jsonl are written in it)")
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):].partition("?")[0]).is_file():
+        raise UserError(f"store {url}: no such database (alignkit serve writes it when feedback.store is set)")
+    try:
+        report = feedback.export(feedback.engine(url), out)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write: {e.strerror or e}") from None
+    print(f"kto rows (thumbs): {report['kto_rows']} → {report['files']['kto']}")
+    print(f"dpo pairs (A/B preferences): {report['dpo_pairs']} → {report['files']['dpo']}")
+    print(f"prompts: {report['prompts']} → {report['files']['prompts']} (alignkit collect init --prompts …)")
     return 0
 
 

@@ -99,3 +99,21 @@ def test_stats_cli_reports_each_run(live, tmp_path):
     assert done.returncode == 0, done.stderr
     line = next(line for line in done.stdout.splitlines() if line.startswith(live.ids["sft"]))
     assert line.split()[1] == "1"  # one answer (no variant column without A/B)
+
+
+def test_collect_export_source_production_cli(live, tmp_path):
+    answer = live.client().chat.completions.create(model="demo", messages=HELLO, max_tokens=4)
+    assert _feedback(live, {"response_id": answer.id, "rating": "down"}).status_code == 200
+    store = f"sqlite:///{tmp_path / 'collect.db'}"
+    cmd = [sys.executable, "-m", "alignkit.cli", "collect", "export", "--source", "production", "--store", store]
+    done = subprocess.run([*cmd, "--out", str(tmp_path / "prod")], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "kto rows (thumbs): 1" in done.stdout and "dpo pairs (A/B preferences): 0" in done.stdout
+    row = json.loads((tmp_path / "prod" / "kto.jsonl").read_text())
+    assert row["label"] is False and row["metadata"]["run"] == live.ids["sft"]
+    (tmp_path / "afile").write_text("x")
+    for out, store_url, says in ((tmp_path / "afile", store, "--out is a folder"),
+                                 (tmp_path / "p2", f"sqlite:///{tmp_path / 'none.db'}", "no such database")):
+        bad = subprocess.run([*cmd[:-1], store_url, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "none.db").exists()
