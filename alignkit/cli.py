@@ -7,6 +7,7 @@ their own sub-commands. Stages are imported lazily, so `alignkit --help` stays f
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 
@@ -62,8 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.lru_cache(maxsize=1)
+def eval_texts() -> tuple[str, ...]:
+    """The bundled eval suites' prompts, questions and passages: training records sharing a 13-gram with one are
+    counted in every data report (and dropped with data.decontaminate)."""
+    from eval.config import SuiteSpec
+    from eval.suites import BUNDLED, load_suite
+
+    return tuple(str(item[k]) for name in BUNDLED for item in load_suite(SuiteSpec(name=name)).items
+                 for k in ("prompt", "question", "text", "goal") if item.get(k))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `alignkit` console script."""
+    from alignkit import curation
+
+    curation.use_references(eval_texts)  # the spine curates; only this floor may read the eval suites
     args = build_parser().parse_args(argv)
     sys.exit(guarded(lambda: args.handler(args), getattr(args, "debug", False)))
 

@@ -89,23 +89,56 @@ def contaminated(items: Sequence[T], key: Callable[[T], str], references: Iterab
     return [i for i, item in enumerate(items) if ngrams(key(item), n) & grams]
 
 
-def bundled_eval_files() -> list[Path]:
-    """The eval suites shipped in eval/data, the default decontamination reference."""
-    root = Path(__file__).resolve().parent.parent / "eval" / "data"
-    return sorted(p for p in root.glob("*.jsonl") if p.name != "refusal_labelled.jsonl")
+# Texts training data must not share a 13-gram with: the top floor (cli, pipeline) registers the eval suites'
+# texts here; the spine never reads eval/ itself.
+_references: Callable[[], list[str]] | None = None
 
 
-def eval_texts(files: Iterable[Path]) -> list[str]:
-    """Every prompt/question/text field of JSONL eval files."""
-    import json
+def use_references(provider: Callable[[], list[str]] | None) -> None:
+    """Register where decontamination references come from (a function returning texts), or None for none."""
+    global _references
+    _references = provider
 
-    texts = []
-    for f in files:
-        for line in Path(f).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                obj = json.loads(line)
-                texts += [str(obj[k]) for k in ("prompt", "question", "text", "goal") if obj.get(k)]
-    return texts
+
+def reference_texts() -> list[str]:
+    """The registered decontamination references (empty when nothing registered them)."""
+    return list(_references()) if _references is not None else []
+
+
+def curate(items: list[T], cfg, report: dict, *, text: Callable[[T], str],
+           fit: Callable[[list[T], dict], list[T]], references: Sequence[str] | None = None) -> list[T]:
+    """The curation steps of a recipe's `data:` section, each counted in `report`: exact dedup → near dedup →
+    `fit` (the caller's length filter, which counts its own drops) → 13-gram decontamination (counted always,
+    dropped with data.decontaminate). `references` default to the registered ones."""
+    if cfg.dedup:
+        items, report["exact_duplicates"] = exact_dedup(items, text)
+    if cfg.near_dedup:
+        items, report["near_duplicates"] = near_dedup(items, text, threshold=cfg.near_dedup_threshold)
+    items = fit(items, report)
+    refs = reference_texts() if references is None else references
+    if cfg.decontaminate and not refs:
+        from alignkit.errors import UserError
+
+        raise UserError("data.decontaminate is set but no eval texts are known to compare with; run the stage "
+                        "through `alignkit <stage>` (which registers the eval suites) or set data.decontaminate=false")
+    hits = set(contaminated(items, text, refs)) if refs else set()
+    report["contaminated_13gram"] = len(hits)
+    if cfg.decontaminate and hits:
+        items = [it for i, it in enumerate(items) if i not in hits]
+        report["dropped_contaminated"] = len(hits)
+    return items
+
+
+def split(items: Sequence[T], key: Callable[[T], str], cfg) -> dict[str, list[T]]:
+    """hash_split with a `data:` section's fractions and salt."""
+    return hash_split(items, key, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
+
+
+def input_sha256s(files: Iterable[str]) -> dict[str, str]:
+    """sha256 of every local input file (a Hub dataset id has none)."""
+    from alignkit.runs import sha256_file
+
+    return {f: sha256_file(f) for f in files if Path(f).is_file()}
 
 
 def percentiles(values: Sequence[int], qs: Sequence[int] = (5, 50, 95, 99)) -> "OrderedDict[str, float]":

@@ -7,8 +7,9 @@ Accepted record shapes (detected per record):
   hh              {"chosen": "\\n\\nHuman: …\\n\\nAssistant: …", "rejected": "…"}   Anthropic-HH transcripts
   unpaired        {"prompt": …, "completion": …, "label": true|false}   KTO thumbs (only where allowed)
 
-The steps mirror `prepare_conversations`: validate → dedup → near-dedup → length (drop or truncate) →
-13-gram decontamination → hash split on the prompt, each counted in the report.
+Validation is this module's; curation is the same `curation.curate` as SFT records go through (dedup →
+near-dedup → length, here drop or truncate → 13-gram decontamination), then a hash split on the prompt,
+each step counted in the report.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from alignkit import curation, data
 from alignkit.errors import UserError
-from alignkit.runs import sha256_file
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -272,12 +271,13 @@ def fit_length(items: list, tokenizer, max_tokens: int, overlong: str, report: d
 
 def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
                overlong: Literal["drop", "truncate"] = "drop", invalid: Literal["error", "drop"] = "error",
-               allow_unpaired: bool = False) -> PreparedPairs:
+               allow_unpaired: bool = False, references: Sequence[str] | None = None) -> PreparedPairs:
     """Read, validate, curate and split the preference files of a recipe's `data:` section.
 
     `invalid="error"` stops at the first unusable pair (chosen == rejected, empty side, implicit-prompt
     mismatch) with a UserError naming file:line; `"drop"` counts them per reason instead. Unpaired
     thumbs are an error unless `allow_unpaired` (KTO). Raises UserError if no training pair is left.
+    `references`: texts to decontaminate against (default: those registered with curation.use_references).
     """
     if overlong not in ("drop", "truncate"):
         raise UserError(f"overlong: expected drop or truncate, got {overlong!r}")
@@ -308,20 +308,10 @@ def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
     if dropped:
         report["invalid_dropped"] = dict(dropped)
         report["invalid_examples"] = examples
-    if data_cfg.dedup:
-        items, report["exact_duplicates"] = curation.exact_dedup(items, full_text)
-    if data_cfg.near_dedup:
-        items, report["near_duplicates"] = curation.near_dedup(items, full_text, threshold=data_cfg.near_dedup_threshold)
-    items = fit_length(items, tokenizer, max_tokens, overlong, report)
-    refs = curation.eval_texts(curation.bundled_eval_files())
-    hits = set(curation.contaminated(items, full_text, refs)) if refs else set()
-    report["contaminated_13gram"] = len(hits)
-    if data_cfg.decontaminate and hits:
-        items = [it for i, it in enumerate(items) if i not in hits]
-        report["dropped_contaminated"] = len(hits)
-    args = (prompt_text, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.split_salt)
-    splits = curation.hash_split([it for it in items if isinstance(it, Pair)], *args)
-    unpaired = curation.hash_split([it for it in items if isinstance(it, Thumb)], *args)
+    items = curation.curate(items, data_cfg, report, text=full_text, references=references,
+                            fit=lambda its, rep: fit_length(its, tokenizer, max_tokens, overlong, rep))
+    splits = curation.split([it for it in items if isinstance(it, Pair)], prompt_text, data_cfg)
+    unpaired = curation.split([it for it in items if isinstance(it, Thumb)], prompt_text, data_cfg)
     report["splits"] = {k: len(v) for k, v in splits.items()}
     if allow_unpaired:
         report["unpaired_splits"] = {k: len(v) for k, v in unpaired.items()}
@@ -329,8 +319,7 @@ def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
     if not splits["train"] and not unpaired["train"]:
         raise UserError(f"{', '.join(files)}: no usable pairs after validation ({_describe(report)}); "
                         "check the file, or loosen data.max_tokens / pairs.overlong")
-    sha256s = {f: sha256_file(f) for f in files if Path(f).is_file()}
-    return PreparedPairs(splits, report, sha256s, unpaired)
+    return PreparedPairs(splits, report, curation.input_sha256s(files), unpaired)
 
 
 def _describe(report: dict[str, Any]) -> str:

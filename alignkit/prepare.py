@@ -1,4 +1,5 @@
-"""From files to curated splits: read → validate → dedup → near-dedup → length filter → decontaminate → split.
+"""SFT records from files to curated splits: read → validate → `curation.curate` (dedup, near-dedup, length
+filter, decontamination) → hash split on the user turns.
 
 Every step is counted in the report that `alignkit data check` prints and the manifest keeps.
 """
@@ -6,12 +7,10 @@ Every step is counted in the report that `alignkit data check` prints and the ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from alignkit import curation, data
 from alignkit.errors import UserError
-from alignkit.runs import sha256_file
 
 
 @dataclass
@@ -38,35 +37,28 @@ def token_lengths(conversations: list[data.Conversation], tokenizer) -> list[int
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def prepare_conversations(cfg, tokenizer) -> Prepared:
-    """Run the curation steps of a recipe's `data:` section; raises UserError if nothing is left."""
+def prepare_conversations(cfg, tokenizer, references: Sequence[str] | None = None) -> Prepared:
+    """Run the curation steps of a recipe's `data:` section; raises UserError if nothing is left.
+
+    `references`: texts to decontaminate against (default: those registered with curation.use_references)."""
     conversations, formats = data.load_conversations(cfg.files)
     report: dict[str, Any] = {"formats": dict(formats), "read": len(conversations)}
-    if cfg.dedup:
-        conversations, report["exact_duplicates"] = curation.exact_dedup(conversations, full_text)
-    if cfg.near_dedup:
-        conversations, report["near_duplicates"] = curation.near_dedup(
-            conversations, full_text, threshold=cfg.near_dedup_threshold)
-    lengths = token_lengths(conversations, tokenizer)
-    report["tokens"] = dict(curation.percentiles(lengths))
-    kept = [(c, n) for c, n in zip(conversations, lengths) if cfg.min_tokens <= n <= cfg.max_tokens]
-    report["too_short"] = sum(n < cfg.min_tokens for n in lengths)
-    report["too_long"] = sum(n > cfg.max_tokens for n in lengths)
-    conversations = [c for c, _ in kept]
-    refs = curation.eval_texts(curation.bundled_eval_files())
-    hits = set(curation.contaminated(conversations, full_text, refs)) if refs else set()
-    report["contaminated_13gram"] = len(hits)
-    if cfg.decontaminate and hits:
-        conversations = [c for i, c in enumerate(conversations) if i not in hits]
-        report["dropped_contaminated"] = len(hits)
-    splits = curation.hash_split(conversations, prompt_key, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
+
+    def fit(items: list[data.Conversation], report: dict) -> list[data.Conversation]:
+        lengths = token_lengths(items, tokenizer)
+        report["tokens"] = dict(curation.percentiles(lengths))
+        report["too_short"] = sum(n < cfg.min_tokens for n in lengths)
+        report["too_long"] = sum(n > cfg.max_tokens for n in lengths)
+        return [c for c, n in zip(items, lengths) if cfg.min_tokens <= n <= cfg.max_tokens]
+
+    conversations = curation.curate(conversations, cfg, report, text=full_text, fit=fit, references=references)
+    splits = curation.split(conversations, prompt_key, cfg)
     report["splits"] = {k: len(v) for k, v in splits.items()}
     report["kept"] = len(conversations)
     if not splits["train"]:
         raise UserError(f"{', '.join(cfg.files)}: empty dataset after filtering ({_describe(report)}); "
                         "loosen data.min_tokens/max_tokens or add records")
-    sha256s = {f: sha256_file(f) for f in cfg.files if Path(f).is_file()}
-    return Prepared(splits, report, sha256s)
+    return Prepared(splits, report, curation.input_sha256s(cfg.files))
 
 
 def _describe(report: dict[str, Any]) -> str:

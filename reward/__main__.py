@@ -2,8 +2,7 @@
 
 import sys
 
-from alignkit.entry import stage_main
-from reward.train import STAGE
+from alignkit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(stage_main("python -m reward", STAGE))
+    main(["reward", *sys.argv[1:]])

@@ -7,13 +7,11 @@ the reward model was gated on (val/test) never become RLHF training prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from alignkit import curation, data
 from alignkit.errors import UserError
 from alignkit.pairs import load_pairs, prompt_text
-from alignkit.runs import sha256_file
 
 
 @dataclass
@@ -72,11 +70,10 @@ def load_prompts(data_cfg, tokenizer, max_prompts: int | None = None) -> Prompts
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     report["too_long"] = sum(n > data_cfg.max_tokens for n in lengths)
     items = [p for p, n in zip(items, lengths) if n <= data_cfg.max_tokens]
-    splits = curation.hash_split(items, _key, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.split_salt)
+    splits = curation.split(items, _key, data_cfg)
     if max_prompts is not None:
         splits["train"] = splits["train"][:max_prompts]
     report["splits"] = {k: len(v) for k, v in splits.items()}
     if not splits["train"]:
         raise UserError(f"{', '.join(data_cfg.files)}: no training prompts left ({report})")
-    sha256s = {f: sha256_file(f) for f in data_cfg.files if Path(f).is_file()}
-    return Prompts({k: [p.prompt for p in v] for k, v in splits.items()}, report, sha256s)
+    return Prompts({k: [p.prompt for p in v] for k, v in splits.items()}, report, curation.input_sha256s(data_cfg.files))

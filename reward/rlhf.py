@@ -171,6 +171,6 @@ def _rows(run: Run) -> list[dict]:
 
 
 if __name__ == "__main__":
-    from alignkit.entry import stage_main
+    from alignkit.cli import main
 
-    sys.exit(stage_main("python -m reward.rlhf", STAGE))
+    main(["rlhf", *sys.argv[1:]])

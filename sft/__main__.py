@@ -2,8 +2,7 @@
 
 import sys
 
-from alignkit.entry import stage_main
-from sft.train import STAGE
+from alignkit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(stage_main("python -m sft", STAGE))
+    main(["sft", *sys.argv[1:]])

@@ -1,5 +1,7 @@
 """Curation: dedup, near-dedup, stable hash split, n-gram overlap, percentiles."""
 
+import pytest
+
 from alignkit import curation
 
 
@@ -49,3 +51,64 @@ def test_percentiles_nearest_rank():
     """Nearest rank: p50 of 1..10 is the ceil(5)=5th value, p95 the ceil(9.5)=10th."""
     p = curation.percentiles(list(range(1, 11)), qs=(50, 95))
     assert p["p50"] == 5 and p["p95"] == 10 and p["max"] == 10
+
+
+REF = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+
+
+def _cfg(**kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{"dedup": True, "near_dedup": False, "near_dedup_threshold": 0.85,
+                              "decontaminate": False, **kw})
+
+
+def _drop_short(items, report):
+    report["too_short"] = sum(len(t.split()) < 3 for t in items)
+    return [t for t in items if len(t.split()) >= 3]
+
+
+def test_curate_counts_every_step_in_order():
+    """5 texts: "a b c d" twice (1 exact duplicate, case and punctuation ignored), "hi" (too short), one holding
+    the 13 words "one … thirteen" of the reference (contaminated), one clean: 3 kept when decontaminating."""
+    items = ["a b c d", "A b, c d!", "hi", "x " + REF[:-9], "the cat sat on the mat"]
+    report: dict = {}
+    kept = curation.curate(items, _cfg(decontaminate=True), report, text=str, fit=_drop_short, references=[REF])
+    assert kept == ["a b c d", "the cat sat on the mat"]
+    assert report == {"exact_duplicates": 1, "too_short": 1, "contaminated_13gram": 1, "dropped_contaminated": 1}
+
+
+def test_curate_counts_contamination_without_dropping_and_takes_the_registered_references():
+    curation.use_references(lambda: [REF])
+    try:
+        report: dict = {}
+        kept = curation.curate(["x " + REF], _cfg(), report, text=str, fit=lambda items, r: items)
+        assert kept == ["x " + REF] and report["contaminated_13gram"] == 1 and "dropped_contaminated" not in report
+    finally:
+        curation.use_references(None)
+
+
+def test_decontaminate_without_references_is_a_user_error():
+    from alignkit.errors import UserError
+
+    with pytest.raises(UserError, match="data.decontaminate is set but no eval texts"):
+        curation.curate(["x"], _cfg(decontaminate=True), {}, text=str, fit=lambda items, r: items, references=[])
+
+
+def test_the_spine_reads_no_eval_files():
+    """Decontamination references are passed in by the top floor (cli registers the eval suites' texts)."""
+    import re
+    from pathlib import Path
+
+    spine = Path(curation.__file__).parent
+    for path in spine.glob("*.py"):
+        if path.name not in ("cli.py", "pipeline.py"):
+            text = path.read_text()
+            assert not re.search(r'"eval"\s*/\s*"data"|eval/data', text), path.name
+
+
+def test_the_cli_registers_the_eval_suites_texts():
+    from alignkit.cli import eval_texts
+
+    texts = eval_texts()
+    assert len(texts) > 500 and any("?" in t for t in texts)
