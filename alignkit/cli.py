@@ -31,6 +31,7 @@ COMMAND_GROUPS: dict[str, str] = {
     "export": "alignkit.export",
     "report": "alignkit.report",
     "collect": "collect.cli",
+    "serve": "serve.cli",  # registers `serve` (with `serve keys` and `serve stats`)
     "eval": "eval.cli",  # registers `eval` (with `eval classify`) and `gate`
 }
 
