@@ -252,7 +252,7 @@ def record_config(opened: OpenRun, args) -> None:
     resolved = config_dict(args)
     opened.run.update(trl_config_class=type(args).__name__, trl_config=resolved)
     if opened.wandb is not None:
-        opened.wandb.config.update({"trl_config": resolved}, allow_val_change=True)
+        tracking.WandbLogger(opened.wandb).log_config({"trl_config": resolved})
 
 
 def with_inputs(stage: Stage, recipe, **paths: str | Path | None):

@@ -11,21 +11,9 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from transformers import TrainerCallback
-
-
-class MetricsLogger(Protocol):
-    """Where metrics go: disk, W&B, stdout."""
-
-    def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
-
-    def log_config(self, config: dict[str, Any]) -> None: ...
-
-    def log_table(self, name: str, rows: list[dict[str, Any]]) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class JsonlLogger:
@@ -40,18 +28,9 @@ class JsonlLogger:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, default=float) + "\n")
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        pass  # the manifest holds the config
-
-    def log_table(self, name: str, rows: list[dict[str, Any]]) -> None:
-        pass  # tables live in eval/report.json
-
-    def close(self) -> None:
-        pass
-
 
 class WandbLogger:
-    """A W&B run (offline unless an API key is set and mode allows online)."""
+    """A W&B run (offline unless an API key is set and mode allows online): metrics, config, tables."""
 
     def __init__(self, run):
         self.run = run

@@ -217,3 +217,21 @@ def test_help_config_lists_every_key_with_its_default_and_help(capsys):
     assert "data.max_tokens: 1024\n    Drop records longer than this (tokens)." in out
     assert "output.resume: 'auto'" in out and "model.quantization: 'none'" in out
     assert "train.padding_free: True" in out  # our defaults under train:, which the recipe may override
+
+
+def test_the_resolved_config_goes_to_the_wandb_config_too(tmp_path):
+    from types import SimpleNamespace
+
+    from trl import SFTConfig
+
+    from alignkit import stage
+
+    class Config(dict):
+        def update(self, values, allow_val_change=False):
+            super().update(values)
+
+    wb = SimpleNamespace(config=Config())
+    run_ = runs.start_run(tmp_path, "sft", {})
+    stage.record_config(stage.OpenRun(run_, None, None, wb), SFTConfig(output_dir=str(tmp_path), learning_rate=3e-4, use_cpu=True))
+    assert run_.manifest["trl_config"]["learning_rate"] == 3e-4 == wb.config["trl_config"]["learning_rate"]
+    assert run_.manifest["trl_config"] == wb.config["trl_config"] and run_.manifest["trl_config_class"] == "SFTConfig"
