@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -89,29 +90,25 @@ def _data():
                  metadata={"help": "Preference pairs and curation (split by prompt)."})
 
 
-@dataclass(frozen=True)
-class DPORecipe:
-    model: ModelConfig = field(default_factory=ModelConfig,
-                               metadata={"help": "Base model; model.adapter = the SFT adapter to refine."})
-    lora: dict = _lora()
-    data: DataConfig = _data()
-    pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair validation and length policy."})
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig, metadata={"help": "Step-0 reference check."})
-    train: dict = field(default_factory=dict, metadata={"help": "TRL DPOConfig fields, verbatim (beta, loss_type, "
-                                                        "label_smoothing …).", "passthrough": trl_keys("DPOConfig")})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+def _preference_recipe(name: str, trl_config: str, examples: str) -> type:
+    """A preference recipe class: the same sections for DPO and KTO, `train:` checked against `trl_config`."""
+    cls = dataclasses.make_dataclass(name, [
+        ("model", ModelConfig, field(default_factory=ModelConfig,
+                                     metadata={"help": "Base model; model.adapter = the SFT adapter to refine."})),
+        ("lora", dict, _lora()),
+        ("data", DataConfig, _data()),
+        ("pairs", PairsConfig, field(default_factory=PairsConfig,
+                                     metadata={"help": "Pair validation and length policy."})),
+        ("reference", ReferenceConfig, field(default_factory=ReferenceConfig,
+                                             metadata={"help": "Step-0 reference check."})),
+        ("train", dict, field(default_factory=dict, metadata={
+            "help": f"TRL {trl_config} fields, verbatim ({examples}).", "passthrough": trl_keys(trl_config)})),
+        ("tracking", TrackingConfig, field(default_factory=TrackingConfig)),
+        ("output", OutputConfig, field(default_factory=OutputConfig)),
+    ], frozen=True)
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class KTORecipe:
-    model: ModelConfig = field(default_factory=ModelConfig,
-                               metadata={"help": "Base model; model.adapter = the SFT adapter to refine."})
-    lora: dict = _lora()
-    data: DataConfig = _data()
-    pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair validation and length policy."})
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig, metadata={"help": "Step-0 reference check."})
-    train: dict = field(default_factory=dict, metadata={"help": "TRL KTOConfig fields, verbatim (beta, "
-                                                        "desirable_weight …).", "passthrough": trl_keys("KTOConfig")})
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
+DPORecipe = _preference_recipe("DPORecipe", "DPOConfig", "beta, loss_type, label_smoothing …")
+KTORecipe = _preference_recipe("KTORecipe", "KTOConfig", "beta, desirable_weight …")
