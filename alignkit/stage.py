@@ -79,7 +79,7 @@ class Stage:
 
     name: str
     recipe: type
-    trl_config: str | Callable[[Any], str]  # a TRL config class name, or recipe → name (RLHF: RLOO or GRPO)
+    trl_config: str | Callable[[Any], str]  # a TRL config class (name or "module:Class"), or recipe → one
     defaults: dict[str, Any]                 # our defaults under the recipe's `train:`
     consumes: tuple[str, ...]                # keys of INPUTS
     produces: str                            # "adapter" (a policy) or "reward_model"
@@ -89,10 +89,12 @@ class Stage:
     eval_keys: dict[str, str] = field(default_factory=dict)  # summary name → TRL metric of the final eval
 
     def config_class(self, recipe) -> type:
-        import trl
+        """The TRL config class: a name in `trl` ("DPOConfig") or "module:Class" ("trl.experimental.orpo:ORPOConfig")."""
+        import importlib
 
         name = self.trl_config(recipe) if callable(self.trl_config) else self.trl_config
-        return getattr(trl, name)
+        module, _, attr = name.rpartition(":")
+        return getattr(importlib.import_module(module or "trl"), attr)
 
 
 def run(stage: Stage, recipe: Any) -> runs.Run:
