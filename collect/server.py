@@ -79,9 +79,8 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
     `secure_cookies`: mark the session cookie Secure (serve does when bound beyond loopback); it is also Secure
     on any request that came over https (directly or as X-Forwarded-Proto from a TLS proxy).
     """
-    from starlette.middleware.cors import CORSMiddleware
-
     import gradio as gr
+    from starlette.middleware.cors import CORSMiddleware
 
     from collect import app as ui
     from collect.agreement import summarize

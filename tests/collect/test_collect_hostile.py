@@ -22,10 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from collect_support import PASSWORD, ROOT, Server, add_users, make_store, new_pg_database, seed
+from collect_support import PASSWORD, ROOT, Server, make_store, new_pg_database, seed
 from sqlalchemy import func, select, text
 
-from collect.store import Assignment, Item, LoginSession, Prompt, Store, User, Vote
+from collect.store import Item, LoginSession, Prompt, Store, User, Vote
 
 N = 2
 CLIENT_TIMEOUT = 30
@@ -128,9 +128,11 @@ CLI_CASES = [  # (id, argv, phrase of the one error line)
      "surrogate.jsonl:1: 'prompt' must be valid Unicode"),
     ("unknown-role", ["init", "--store", STORE, "--prompts", "{tmp}/role.jsonl"], "expected system, user or assistant"),
     ("content-not-text", ["init", "--store", STORE, "--prompts", "{tmp}/content.jsonl"], "'prompt' must be valid"),
-    ("malformed-json", ["init", "--store", STORE, "--prompts", "{tmp}/notjson.jsonl"], "notjson.jsonl:2: malformed JSON"),
+    ("malformed-json", ["init", "--store", STORE, "--prompts", "{tmp}/notjson.jsonl"],
+     "notjson.jsonl:2: malformed JSON"),
     ("json-array-line", ["init", "--store", STORE, "--prompts", "{tmp}/array.jsonl"], "expected a JSON object"),
-    ("deeply-nested-json", ["init", "--store", STORE, "--prompts", "{tmp}/deep.jsonl"], "deep.jsonl: JSON nested too deeply"),
+    ("deeply-nested-json", ["init", "--store", STORE, "--prompts", "{tmp}/deep.jsonl"],
+     "deep.jsonl: JSON nested too deeply"),
     ("prompts-is-a-directory", ["init", "--store", STORE, "--prompts", "{tmp}/adir"], "data file not found"),
     ("gold-2nd-record-bad", ["init", "--store", STORE, "--gold", "{tmp}/gold-bad2.jsonl"],
      "gold-bad2.jsonl:2: gold items need 'rejected'"),
@@ -293,7 +295,8 @@ API_CASES = [  # (id, method, path, kwargs, auth user or None, status, phrase in
     ("login-name-1mb-form", "POST", "/login", {"data": {"username": "n" * 900_000, "password": "x"}}, None, 422,
      "username"),
     ("login-form-surrogate-bytes", "POST", "/login",
-     {"content": b"username=%ED%A0%80&password=whatever-1", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+     {"content": b"username=%ED%A0%80&password=whatever-1",
+      "headers": {"content-type": "application/x-www-form-urlencoded"}},
      None, 401, "Wrong user name or password"),
     ("login-form-invalid-utf8", "POST", "/login",
      {"content": b"username=%FF%FE&password=%C3", "headers": {"content-type": "application/x-www-form-urlencoded"}},

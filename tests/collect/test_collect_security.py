@@ -62,7 +62,8 @@ def test_same_origin_check():
 
 
 def test_session_cookie_is_secure_beyond_loopback_or_over_tls(tmp_path):
-    """`serve --host` beyond loopback passes secure_cookies=True; a TLS proxy's X-Forwarded-Proto does it per request."""
+    """`serve --host` beyond loopback passes secure_cookies=True; a TLS proxy's X-Forwarded-Proto does it per
+    request."""
     from collect_support import PASSWORD, make_store, seed
     from fastapi.testclient import TestClient
 

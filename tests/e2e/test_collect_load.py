@@ -58,7 +58,8 @@ def test_acknowledged_votes_survive_kill_9(tmp_path):
             Assignment.item_id, Assignment.user_id)).all()
     lost = sum(a["key"] not in stored for a in res.acked)
     print(f"\nkill -9 load: {len(res.acked)} acknowledged, {len(stored)} stored, {lost} lost, "
-          f"{sum(n - 1 for n in per_assignment.values())} duplicated votes, max {max(per_item.values())} votes per item (N={N}), {res.retries} retries, "
+          f"{sum(n - 1 for n in per_assignment.values())} duplicated votes, max {max(per_item.values())} votes per "
+          f"item (N={N}), {res.retries} retries, "
           f"killed at {killed_at} votes")
     for a in res.acked:  # every acknowledged vote is stored, as acknowledged
         v = stored[a["key"]]
