@@ -43,8 +43,10 @@ class Throttle:
         self.hits: OrderedDict[str, deque] = OrderedDict()
         self.lock = threading.Lock()
 
-    def _keys(self, name: str, address: str) -> list[tuple[str, int]]:
-        return [("n:" + name[:64], self.per_name), ("a:" + address[:64], self.per_address)]
+    def _keys(self, name: str | None, address: str) -> list[tuple[str, int]]:
+        """name None: a syntactically invalid name (never looked up nor hashed) counts for the address only."""
+        keys = [("a:" + address[:64], self.per_address)]
+        return keys if name is None else [("n:" + name[:64], self.per_name), *keys]
 
     def _live(self, key: str, now: float) -> deque | None:
         q = self.hits.get(key)
@@ -53,7 +55,7 @@ class Throttle:
                 q.popleft()
         return q
 
-    def begin(self, name: str, address: str) -> bool:
+    def begin(self, name: str | None, address: str) -> bool:
         """Count one attempt; False (and nothing counted) when the name or the address is at its limit."""
         now = time.monotonic()
         with self.lock:
@@ -69,7 +71,7 @@ class Throttle:
                 self._shrink(now)
             return True
 
-    def succeeded(self, name: str, address: str) -> None:
+    def succeeded(self, name: str | None, address: str) -> None:
         """The attempt had the right password: it is not a failure (the name's earlier failures stay)."""
         with self.lock:
             for key, _ in self._keys(name, address):
@@ -77,7 +79,7 @@ class Throttle:
                 if q:
                     q.pop()
 
-    def blocked(self, name: str, address: str = "") -> bool:
+    def blocked(self, name: str | None, address: str = "") -> bool:
         """Read-only: whether the next attempt would be refused (adds no key)."""
         now = time.monotonic()
         with self.lock:
@@ -136,11 +138,6 @@ class Sessions:
     def forget(self, token: str | None) -> None:
         with self.lock:
             self.cache.pop(token or "", None)
-
-    def forget_user(self, name: str) -> None:
-        with self.lock:
-            for token in [t for t, (_, u) in self.cache.items() if u and u["name"] == name]:
-                del self.cache[token]
 
 
 def same_origin(headers: Headers) -> bool:

@@ -138,7 +138,7 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
 
     def _login(request: Request, name: str, password: str) -> str | None:
         address = request.client.host if request.client else "?"
-        key = name if valid_name(name) else "(invalid)"
+        key = name if valid_name(name) else None  # an invalid name is never looked up: it counts per address
         # Counted before the hash check: 20 parallel guesses get 5 checks, not 20
         if not throttle.begin(key, address):
             raise HTTPException(429, "too many failed logins; wait a few minutes")

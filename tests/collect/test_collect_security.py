@@ -32,6 +32,9 @@ def test_a_correct_password_takes_its_attempt_back_and_addresses_are_limited_too
         throttle.succeeded("ann", "1.1.1.1")
     assert [throttle.begin(f"name{i}", "6.6.6.6") for i in range(4)] == [True, True, True, False]  # one address
     assert throttle.begin("name3", "7.7.7.7")  # …while the name itself is still fine from elsewhere
+    # an invalid name (never looked up) counts for its address only: no shared bucket that others could fill
+    assert [throttle.begin(None, "8.8.8.8") for _ in range(4)] == [True, True, True, False]
+    assert throttle.begin(None, "5.5.5.5")
 
 
 def test_throttle_memory_is_bounded_and_lookups_add_nothing():
