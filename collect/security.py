@@ -6,7 +6,9 @@ The guard runs before any route (FastAPI's and Gradio's) and, in this order:
 2. refuses state-changing requests (POST, PUT, PATCH, DELETE) sent by another origin (403): a browser names
    the page that sent it in `Origin`/`Sec-Fetch-Site`; other loopback ports count as other origins;
 3. answers 401 on /api/… (except login) before the body is read or parsed, when there is no session;
-4. ties each Gradio `session_hash` to the user who first used it: another user naming it gets 403.
+4. ties each Gradio `session_hash` to the user who first used it: another user naming it gets 403; Gradio's
+   direct-call routes (`/call/…`, `/run/…`, whose event ids are not tied to a session) are not served: the UI
+   sends every event through the queue.
 
 CORS stays closed: the app answers no cross-origin read (server.create_app installs Starlette's CORS
 middleware with no allowed origin, which also switches off Gradio's own permissive one).
@@ -27,6 +29,7 @@ from starlette.responses import JSONResponse
 
 COOKIE = "alignkit_session"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+DIRECT_CALLS = ("/ui/gradio_api/call/", "/ui/gradio_api/run/", "/ui/call/", "/ui/run/")
 MAX_BODY = 1 << 20  # 1 MiB: a vote is at most 70,000 characters of text (~280 kB of UTF-8)
 
 
@@ -181,6 +184,8 @@ class Guard:
             return await _answer(send, scope, 403, "cross-origin request refused")
         needs_user = path.startswith("/api/") and path not in ("/api/v1/login", "/api/v1/logout")
         gradio = path.startswith("/ui/gradio_api/")
+        if path.startswith(DIRECT_CALLS):
+            return await _answer(send, scope, 403, "direct Gradio calls are not served; the UI uses the queue")
         user = None
         if needs_user or gradio:
             request = Request(scope)
