@@ -61,6 +61,19 @@ RLHF_DEFAULTS = {
 }
 
 
+def _require(ok: bool, message: str) -> None:
+    """A section's own check: the recipe loader turns the ValueError into file:line + message."""
+    if not ok:
+        raise ValueError(message)
+
+
+def _pairs_data(help_: str):
+    """The same pairs and split for both recipes: the prompts the reward model was gated on (val/test) never
+    become RLHF training prompts."""
+    return field(default_factory=lambda: DataConfig(train="recipes/data/dpo_demo.jsonl", val_fraction=0.2),
+                 metadata={"help": help_})
+
+
 def rlhf_train_keys() -> list[str]:
     """`train:` of an RLHF recipe accepts RLOOConfig and GRPOConfig names; the chosen algorithm's class checks again."""
     return sorted(set(trl_keys("RLOOConfig")()) | set(trl_keys("GRPOConfig")()))
@@ -78,10 +91,8 @@ class RewardModelConfig:
         "help": "Pairs longer than data.max_tokens: drop them, or cut both replies to fit."})
 
     def __post_init__(self):
-        if not 0 < self.alpha < 1:
-            raise ValueError("reward.alpha must be in (0, 1)")
-        if self.min_heldout_pairs < 1:
-            raise ValueError("reward.min_heldout_pairs must be at least 1")
+        _require(0 < self.alpha < 1, "reward.alpha must be in (0, 1)")
+        _require(self.min_heldout_pairs >= 1, "reward.min_heldout_pairs must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,7 @@ class RewardRecipe:
         "help": "Base model; model.adapter (optional) is an SFT adapter merged in before the reward head is trained."})
     lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig fields (r, alpha, dropout, "
                                                        "target_modules …)", "passthrough": lora_keys})
-    data: DataConfig = field(default_factory=lambda: DataConfig(train="recipes/data/dpo_demo.jsonl", val_fraction=0.2),
-                             metadata={"help": "Preference pairs and curation; val+test pairs are the held-out set."})
+    data: DataConfig = _pairs_data("Preference pairs and curation; val+test pairs are the held-out set.")
     reward: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "Gate and held-out metrics."})
     train: dict = field(default_factory=dict, metadata={"help": "TRL RewardConfig fields, verbatim.",
                                                         "passthrough": trl_keys("RewardConfig")})
@@ -133,10 +143,8 @@ class RLHFConfig:
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
 
     def __post_init__(self):
-        if self.patience < 1:
-            raise ValueError("rlhf.patience must be at least 1")
-        if self.eval_prompts < 0:
-            raise ValueError("rlhf.eval_prompts must be 0 or more")
+        _require(self.patience >= 1, "rlhf.patience must be at least 1")
+        _require(self.eval_prompts >= 0, "rlhf.eval_prompts must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -145,9 +153,8 @@ class RLHFRecipe:
         "help": "Base model; model.adapter is the SFT adapter the policy starts from (and the KL reference)."})
     lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig fields, used only without "
                                                        "model.adapter", "passthrough": lora_keys})
-    data: DataConfig = field(default_factory=lambda: DataConfig(train="recipes/data/dpo_demo.jsonl", val_fraction=0.2),
-                             metadata={"help": "Prompts: a pairs file (its train-split prompts) or a prompts file "
-                                               "({\"prompt\": …} per line)."})
+    data: DataConfig = _pairs_data("Prompts: a pairs file (its train-split prompts) or a prompts file "
+                                   "({\"prompt\": …} per line).")
     reward: RewardSource = field(default_factory=lambda: RewardSource(model="runs/demo/reward"),
                                  metadata={"help": "The reward: a gated reward model, or a function."})
     rlhf: RLHFConfig = field(default_factory=RLHFConfig, metadata={"help": "Algorithm and reward-hacking bounds."})
