@@ -116,13 +116,16 @@ def submit(eng, key_name: str, idempotency_key: str | None, *, response_id: str,
             s.add(Feedback(idempotency_key=key, payload_sha256=digest, kind=kind, response_id=response_id,
                            other_id=other_id, rating=rating, comment=comment, key_name=key_name,
                            created_at=time.time()))
-        return {"stored": True, "replay": False, "kind": kind}
+            rated = found[response_id]
+            return {"stored": True, "replay": False, "kind": kind, "run": rated.run_id, "variant": rated.variant}
     except IntegrityError:  # the key is taken: the same feedback again is a replay, other feedback a conflict
         with Session(eng) as s:
             earlier = s.scalar(select(Feedback).where(Feedback.idempotency_key == key))
         if earlier is None or earlier.payload_sha256 != digest:
             raise Conflict(key) from None
-        return {"stored": True, "replay": True, "kind": kind}
+        with Session(eng) as s:
+            rated = s.get(Response, response_id)
+        return {"stored": True, "replay": True, "kind": kind, "run": rated.run_id, "variant": rated.variant}
 
 
 def stats(eng) -> list[dict]:

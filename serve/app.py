@@ -106,7 +106,8 @@ class Metrics:
         self.latency = Histogram("alignkit_request_seconds", "Time to the last token", labels, registry=self.registry,
                                  buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
         self.tokens = Counter("alignkit_completion_tokens", "Generated tokens", labels, registry=self.registry)
-        self.thumbs = Counter("alignkit_feedback", "Thumbs on answers", ("rating",), registry=self.registry)
+        self.thumbs = Counter("alignkit_feedback", "Thumbs on answers", ("run", "variant", "rating"),
+                              registry=self.registry)
         self.sampled = Counter("alignkit_refusal_sampled", "Answers labelled by the refusal detector", labels,
                                registry=self.registry)
         self.refused = Counter("alignkit_refusals", "Sampled answers the detector calls refusals", labels,
@@ -341,8 +342,8 @@ def create_app(recipe, runs_dir: str, engine, feedback_engine=None):
             if type(e).__name__ == "UserError":
                 raise ApiError(400, str(e), "response_ids") from None
             raise
-        if "rating" in kwargs:
-            metrics.thumbs.labels(kwargs["rating"]).inc()
+        if "rating" in kwargs and not receipt["replay"]:
+            metrics.thumbs.labels(receipt["run"], receipt["variant"] or "", kwargs["rating"]).inc()
         return receipt
 
     @app.get("/metrics")

@@ -26,7 +26,7 @@ def test_thumbs_and_preferences_become_kto_and_dpo_data(live, tmp_path):
     a = client.chat.completions.create(model="demo", messages=HELLO, max_tokens=6)
     b = client.chat.completions.create(model=live.ids["dpo"], messages=HELLO, max_tokens=6)
     assert _feedback(live, {"response_id": a.id, "rating": "up", "comment": "nice"}, key="k1").json() == {
-        "stored": True, "replay": False, "kind": "rating"}
+        "stored": True, "replay": False, "kind": "rating", "run": live.ids["sft"], "variant": None}
     assert _feedback(live, {"response_id": a.id, "rating": "up", "comment": "nice"}, key="k1").json()["replay"]
     assert _feedback(live, {"response_id": a.id, "rating": "down"}, key="k1").status_code == 409  # key reused
     assert _feedback(live, {"response_id": b.id, "rating": "down"}).status_code == 200
@@ -40,6 +40,8 @@ def test_thumbs_and_preferences_become_kto_and_dpo_data(live, tmp_path):
     assert sorted(t.label for t in kto) == [False, True]
     assert dpo[0].chosen[0]["content"] == b.choices[0].message.content
     assert dpo[0].rejected[0]["content"] == a.choices[0].message.content and dpo[0].prompt == HELLO
+    metrics = httpx.get(f"{live.url}/metrics").text  # the replay is not counted twice
+    assert f'alignkit_feedback_total{{rating="up",run="{live.ids["sft"]}",variant=""}} 1.0' in metrics
     prompt_row = json.loads(Path(report["files"]["prompts"]).read_text())
     assert prompt_row == {"prompt": HELLO, "category": "production"}  # the format `collect init --prompts` reads
 
