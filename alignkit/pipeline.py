@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit import registry, runs, stage
+from alignkit import registry, runs
 from alignkit.cli import STAGES
 from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
@@ -103,6 +103,8 @@ class Pipeline:
         """The stage's recipe with the outputs of earlier stages handed over as paths."""
         st = stage_of(spec.stage)
         recipe = load_recipe(spec.recipe, st.recipe, self._common(spec.overrides))
+        from alignkit import stage  # the lifecycle imports transformers: not at `alignkit --help`
+
         return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
                                  pairs=pairs, conversations=pairs, prompts=pairs,
                                  reward_model=reward.path if reward else None)
@@ -134,6 +136,8 @@ class Pipeline:
             else:
                 print(f"== {spec.stage}: training ({spec.recipe})")
                 try:
+                    from alignkit import stage
+
                     run = stage.run(st, stage_recipe)
                 except TrainingFailed as e:
                     print(f"pipeline stopped: {spec.stage} failed: {e}")
@@ -171,6 +175,8 @@ class Pipeline:
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
         """The stage's work as the lifecycle fingerprints it (recipe, TRL settings, library versions), before its
         data is curated: the input files' sha256s, the parent and reward runs, and the gate."""
+        from alignkit import stage
+
         st = stage_of(spec.stage)
         files = stage_recipe.data.files if hasattr(stage_recipe, "data") else []
         shas = {f: runs.sha256_file(f) for f in files if Path(f).is_file()}
