@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_) in STAGES.items():
         p = sub.add_parser(name, help=help_)
         add_recipe_args(p, help_config=True)
-        p.set_defaults(handler=lambda a, n=name: _stage_command(a, n))
+        p.set_defaults(handler=functools.partial(_stage_command, name=name))
     for name, module in COMMAND_GROUPS.items():
         importlib.import_module(module).register(sub)
     return parser

@@ -6,6 +6,7 @@ User errors print one line and exit 2; a failed training run exits 1; `--debug` 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any, Callable
@@ -62,7 +63,7 @@ def run_stage(args: argparse.Namespace, stage) -> int:
     if getattr(args, "help_config", False):
         print_recipe_help(stage.recipe, stage.defaults)
         return 0
-    return run_recipe(args, stage.recipe, lambda recipe: lifecycle.run(stage, recipe))
+    return run_recipe(args, stage.recipe, functools.partial(lifecycle.run, stage))
 
 
 def print_recipe_help(recipe_cls: type, train_defaults: dict[str, Any] | None = None) -> None:
