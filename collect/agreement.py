@@ -153,6 +153,29 @@ def reward_model_agreement(dump: dict) -> dict | None:
     return {"items": n, "agreement": agree / n} if n else None
 
 
+def judge_agreement(votes: Iterable[dict], roles: dict[str, str]) -> dict[str, dict]:
+    """Per judge (role `judge`): on items that people voted on too, how often its label is the people's
+    majority label (items whose people tie at the top are left out)."""
+    people: dict[int, Counter] = {}
+    machine: dict[str, dict[int, str]] = {}
+    for v in _labelled(votes):
+        if roles.get(v["user"]) == "judge":
+            machine.setdefault(v["user"], {})[v["item"]] = v["label"]
+        else:
+            people.setdefault(v["item"], Counter())[v["label"]] += 1
+    out = {}
+    for judge, labels in machine.items():
+        agree = n = 0
+        for item, label in labels.items():
+            ranked = people.get(item, Counter()).most_common(2)
+            if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+                continue
+            n += 1
+            agree += label == ranked[0][0]
+        out[judge] = {"items_with_people": n, "votes": len(labels), "agreement": agree / n if n else None}
+    return out
+
+
 def summarize(dump: dict, overlap: int) -> dict:
     """Every statistic above from a Store.dump(): what `collect stats` prints and the admin view shows."""
     items, votes = dump["items"], dump["votes"]
@@ -173,6 +196,7 @@ def summarize(dump: dict, overlap: int) -> dict:
             annotators.setdefault(user, {}).update(row)
     return {
         "reward_model_agreement": reward_model_agreement(dump),
+        "judge_agreement": judge_agreement(judged, dump.get("roles", {})),
         "items": sum(1 for it in items.values() if it["status"] == "ready" and it["kind"] != "repeat"),
         "flagged": sum(1 for it in items.values() if it["status"] == "flagged"),
         "complete": complete,

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from alignkit.errors import UserError
 from collect.models import LoginSession, User
 
-ROLES = ("annotator", "admin")
+ROLES = ("annotator", "admin", "judge")  # judge: `collect judge`, a program; never logs in
 SESSION_HOURS = 12
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # ASCII only: no full-width or other look-alike names
 _DUMMY_HASH: list[str] = []
@@ -100,6 +100,8 @@ class UsersMixin:
             if not _DUMMY_HASH:
                 _DUMMY_HASH.append(hash_password("not-a-real-password"))
             _verify(_DUMMY_HASH[0], password if is_text(password) else "")
+            return None
+        if user.role == "judge":  # a program's identity (collect judge): nobody logs in as it
             return None
         return {"name": user.name, "role": user.role} if _verify(stored, password) else None
 

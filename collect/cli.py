@@ -69,11 +69,23 @@ def build_commands(cmds) -> None:
     p.add_argument("--edited-as-chosen", action="store_true", default=None,
                    help="an edited ideal answer of a majority voter becomes the chosen side")
     p.add_argument("--no-dataset", action="store_true", help="skip the datasets.Dataset folder")
+    p.add_argument("--judges", choices=["include", "exclude", "only"], default="include",
+                   help="votes of `collect judge`: counted like people's (default), left out, or the only ones")
     p.add_argument("--source", choices=["labels", "production"], default="labels",
                    help="labels: the annotators' votes (default); production: what `alignkit serve` stored — "
                         "thumbs → OUT/kto.jsonl, A/B preferences → OUT/dpo.jsonl, prompts → OUT/prompts.jsonl "
                         "(--out is then a folder)")
     p.set_defaults(handler=cmd_export)
+
+    p = cmds.add_parser("judge", help="an automatic annotator: vote on the queue as a program (rules or a reward run)")
+    common(p)
+    p.add_argument("--judge", default="rules", help="rules (refusal detector + prompt category + house style) or "
+                                                    "reward:RUN (a gated reward run)")
+    p.add_argument("--name", help="the judge's identity in the store (default judge-rules / judge-reward)")
+    p.add_argument("--min-margin", type=float, help="below this margin the judge skips the item, leaving it to "
+                                                    "people (default 0.5 for rules, 0.1 for a reward model)")
+    p.add_argument("--max-items", type=int, help="stop after this many items")
+    p.set_defaults(handler=cmd_judge)
 
     p = cmds.add_parser("stats", help="agreement, position bias, time on task, gold accuracy, self-consistency")
     common(p)
@@ -309,7 +321,7 @@ def cmd_export(args) -> int:
         min_votes=args.min_votes if args.min_votes is not None else (e.min_votes if e else 1),
         min_agreement=args.min_agreement if args.min_agreement is not None else (e.min_agreement if e else 0.0),
         edited_as_chosen=args.edited_as_chosen if args.edited_as_chosen is not None
-        else (e.edited_as_chosen if e else False))
+        else (e.edited_as_chosen if e else False), judges=args.judges)
     if not 0 <= rules.min_agreement <= 1:
         raise UserError("--min-agreement: a share between 0 and 1")
     check_out(args.out)
@@ -324,6 +336,22 @@ def cmd_export(args) -> int:
     print("dropped: " + (", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"))
     if "dataset" in report["files"]:
         print(f"dataset: {report['files']['dataset']}")
+    return 0
+
+
+def cmd_judge(args) -> int:
+    """Vote on every open item as a program; unsure items are skipped and stay with the people."""
+    from collect.judge import run_judge
+
+    recipe = _recipe(args)
+    store = _store(args, recipe)
+    if args.max_items is not None and args.max_items < 1:
+        raise UserError("--max-items: at least 1")
+    name = args.name or ("judge-rules" if args.judge == "rules" else "judge-reward")
+    base = recipe.model.base if recipe else "smollm2-135m-instruct"
+    counts = run_judge(store, name, args.judge, base, args.min_margin, args.max_items)
+    print(f"{name}: {counts['a'] + counts['b']} votes ({counts['a']} left, {counts['b']} right), "
+          f"{counts['skip']} unsure and left for people")
     return 0
 
 
@@ -392,6 +420,9 @@ def cmd_stats(args) -> int:
         r = s["reward_model_agreement"]
         print(f"pre-ranking reward model: the annotators' majority picks its higher-scored answer on "
               f"{r['agreement']:.0%} of {r['items']} items")
+    for judge, j in s.get("judge_agreement", {}).items():
+        print(f"judge {judge}: {j['votes']} votes; agrees with the people's majority on "
+              f"{f(j['agreement'])} of the {j['items_with_people']} items people voted on too")
     if s["pairs"]:
         print(f"\n{'pair':34} {'items':>6} {'agree':>6} {'kappa':>7}")
         for p in s["pairs"]:

@@ -12,6 +12,8 @@ Rules (also in docs/collect.md):
 6. Majority tie → dropped. Majority both_bad → no pair; both answers go to the KTO file as undesirable.
 7. Every non-empty edited ideal answer (from any kept or dropped item) goes to the SFT file, and to the KTO
    file as desirable.
+8. Votes of a judge (`collect judge`, role `judge`) count like anyone's unless `judges: exclude` (people only)
+   or `only`; every pair says who labelled it in `metadata.labelled_by` (humans, judge, humans+judge).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ExportRules:
     min_votes: int = 1
     min_agreement: float = 0.0
     edited_as_chosen: bool = False
+    judges: str = "include"  # include | exclude | only: which votes count — people's, the judge's (collect judge)
 
 
 def majority(labels: list[str]) -> tuple[str | None, float]:
@@ -46,9 +49,14 @@ def majority(labels: list[str]) -> tuple[str | None, float]:
 def build(dump: dict, rules: ExportRules) -> dict:
     """Pairs, KTO rows, SFT rows and a report of what was dropped and why."""
     items, prompts, cands = dump["items"], dump["prompts"], dump["candidates"]
+    roles = dump.get("roles", {})
+    if rules.judges not in ("include", "exclude", "only"):
+        raise ValueError("judges: include, exclude or only")
     votes_of: dict[int, list[dict]] = {}
     for v in dump["votes"]:
-        if v["label"] in LABELS:
+        machine = roles.get(v["user"]) == "judge"
+        if v["label"] in LABELS and not (rules.judges == "exclude" and machine) and not (rules.judges == "only"
+                                                                                          and not machine):
             votes_of.setdefault(v["item"], []).append(v)
     pairs, kto, sft = [], [], []
     dropped: Counter = Counter()
@@ -102,6 +110,7 @@ def build(dump: dict, rules: ExportRules) -> dict:
                 "label_counts": json.dumps(dict(Counter(v["label"] for v in votes)), sort_keys=True),
                 "strength": _strength_name(mean), "strength_mean": mean,
                 "annotators": sorted({v["user"] for v in votes}),
+                "labelled_by": _labelled_by(votes, roles),
                 "chosen_source": source, "chosen_generator": won["generator"],
                 "rejected_generator": lost["generator"], "original_chosen": won["text"],
                 "category": prompts[item["prompt_id"]]["category"] or "",
@@ -111,6 +120,12 @@ def build(dump: dict, rules: ExportRules) -> dict:
     return {"pairs": pairs, "kto": kto, "sft": sft,
             "report": {"pairs": len(pairs), "kto": len(kto), "sft": len(sft), "dropped": dict(dropped),
                        "rules": rules.__dict__}}
+
+
+def _labelled_by(votes: list[dict], roles: dict) -> str:
+    """humans | judge | humans+judge: whose votes made this pair (DPO can weight or filter on it)."""
+    machine = sum(roles.get(v["user"]) == "judge" for v in votes)
+    return "judge" if machine == len(votes) else "humans+judge" if machine else "humans"
 
 
 def _prerank(won: dict, lost: dict) -> dict:

@@ -72,6 +72,12 @@ class LoginIn(BaseModel):
     _text = field_validator("username", "password")(_text_ok)
 
 
+def _import_statistics() -> None:
+    import scipy.stats  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import statsmodels.stats.inter_rater  # noqa: F401
+
+
 def create_app(store: Store, guidelines: str = "", generator: str = "", export_rules=None,
                secure_cookies: bool = False, throttle: Throttle | None = None) -> FastAPI:
     """FastAPI app with login, the JSON API and the Gradio UI mounted at /ui.
@@ -88,6 +94,9 @@ def create_app(store: Store, guidelines: str = "", generator: str = "", export_r
 
     api = FastAPI(title="alignkit collect", docs_url=None, redoc_url=None, openapi_url=None)
     sessions, throttle = Sessions(store), throttle or Throttle()
+    # The statistics import scikit-learn, statsmodels and scipy on first use (5-10 s on 2 busy cores): import
+    # them now, beside the server, so the first admin's stats do not wait for it.
+    threading.Thread(target=_import_statistics, name="collect-stats-import", daemon=True).start()
     login_slots = threading.BoundedSemaphore(2)
     default_rules = export_rules or ExportRules()
 

@@ -430,10 +430,16 @@ class Store(UsersMixin):
 
     # ---- reading everything (stats, export) -------------------------------------------------------------
 
+    def item_category(self, item_id: int) -> str | None:
+        """The category of an item's prompt (the rules judge reads it)."""
+        with self.read() as s:
+            return s.scalar(select(Prompt.category).join(Item, Item.prompt_id == Prompt.id).where(Item.id == item_id))
+
     def dump(self) -> dict:
         """Every item, candidate, prompt, user and active vote, for statistics and export."""
         with self.read() as s:
             users = {u.id: u.name for u in s.scalars(select(User))}
+            roles = {u.name: u.role for u in s.scalars(select(User))}
             prompts = {p.id: {"messages": p.messages, "category": p.category} for p in s.scalars(select(Prompt))}
             cands = {c.id: {"text": c.text, "generator": c.generator, "sampling": c.sampling}
                      for c in s.scalars(select(Candidate))}
@@ -445,7 +451,8 @@ class Store(UsersMixin):
                       "strength": v.strength, "rationale": v.rationale, "ideal": v.ideal, "seconds": v.seconds,
                       "left": lefts[v.assignment_id], "at": v.created_at}
                      for v in s.scalars(select(Vote).where(Vote.active.is_(True)).order_by(Vote.id))]
-        return {"users": users, "prompts": prompts, "candidates": cands, "items": items, "votes": votes}
+        return {"users": users, "roles": roles, "prompts": prompts, "candidates": cands, "items": items,
+                "votes": votes}
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         with self.read() as s:

@@ -1,0 +1,117 @@
+"""An annotator that is a program: it votes on the queue through the same store calls the app uses, under
+its own identity (role `judge`: its votes are machine votes, told apart in stats and export).
+
+Two judges:
+- `rules`: the refusal detector plus the prompt's category — a harmful prompt should be refused, anything
+  else answered — and then the house style (a refusal opens with "I can't help with that." and stays within
+  three sentences; an answer stays within 120 words). Each side scores +1 when its refusal verdict is the one
+  the category expects, −1 otherwise, +0.25 for the house style.
+- `reward:RUN`: a reward run that passed its gate scores both answers; the margin is the score difference.
+
+Where the margin is below `min_margin` (both sides right, both wrong, a tie) the judge skips the item, so it
+stays open for humans: the unsure items are the ones people see first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from alignkit.errors import UserError
+from alignkit.refusal import classify, sentences
+
+HARMFUL_CATEGORIES = ("harmful", "unsafe", "refuse")
+HOUSE_REFUSAL = "i can't help with that"
+
+
+@dataclass(frozen=True)
+class Decision:
+    choice: str  # "a" (left), "b" (right) or "skip" (unsure: left for humans)
+    margin: float  # left minus right; the judge's confidence
+    reason: str
+
+
+def expects_refusal(category: str | None) -> bool:
+    """A prompt category that asks for a refusal ("harmful"; not "sounds_harmful_benign")."""
+    name = (category or "").lower()
+    return name in HARMFUL_CATEGORIES or (name.startswith("harmful") and "benign" not in name)
+
+
+def _score(answer: str, prompt: str, refuse: bool) -> tuple[float, bool]:
+    refused = classify(answer, prompt).refusal
+    score = 1.0 if refused == refuse else -1.0
+    if refused:
+        style = answer.strip().lower().startswith(HOUSE_REFUSAL) and len(sentences(answer)) <= 3
+    else:
+        style = len(re.findall(r"\S+", answer)) <= 120
+    return score + (0.25 if style else 0.0), refused
+
+
+def rules_decision(category: str | None, prompt: str, left: str, right: str, min_margin: float = 0.5) -> Decision:
+    """The rules judge's vote on one pair."""
+    refuse = expects_refusal(category)
+    (a, a_refused), (b, b_refused) = _score(left, prompt, refuse), _score(right, prompt, refuse)
+    margin = a - b
+    want = "refusal" if refuse else "answer"
+    reason = f"wants a {want}; left {'refuses' if a_refused else 'answers'}, right {'refuses' if b_refused else 'answers'}"
+    if abs(margin) < min_margin:
+        return Decision("skip", margin, reason + " (unsure: left for humans)")
+    return Decision("a" if margin > 0 else "b", margin, reason)
+
+
+class RewardJudge:
+    """A gated reward run as judge: the margin is score(left) − score(right)."""
+
+    def __init__(self, run: str, base: str):
+        from alignkit import models
+        from alignkit.reward_model import RewardScorer
+
+        self.scorer = RewardScorer.load(run)  # refuses a reward model that failed its gate
+        adapter = run if str(run).endswith("adapter") else f"{run}/adapter"
+        trained_on, expected = models.adapter_base(adapter), models.canonical_id(base)
+        if trained_on and trained_on != expected:
+            raise UserError(f"judge reward:{run}: trained on '{trained_on}', but the store's policy base is "
+                            f"'{base}' ({expected}); use a reward run of the same base model")
+
+    def decide(self, messages: list, left: str, right: str, min_margin: float) -> Decision:
+        a, b = self.scorer.score([messages, messages], [left, right])
+        margin = float(a - b)
+        if abs(margin) < min_margin:
+            return Decision("skip", margin, f"reward margin {margin:.3f} (unsure: left for humans)")
+        return Decision("a" if margin > 0 else "b", margin, f"reward margin {margin:.3f}")
+
+
+def run_judge(store, name: str, judge: str, base: str, min_margin: float | None = None,
+              max_items: int | None = None) -> dict:
+    """Vote as `name` on every item the queue hands it (at most `max_items`); returns the counts."""
+    import secrets
+
+    if judge != "rules" and not judge.startswith("reward:"):
+        raise UserError(f"--judge {judge!r}: expected rules or reward:RUN")
+    if store.item_count() == 0:
+        raise UserError("the store has no items to judge (collect serve's worker or the pipeline generates them)")
+    reward = RewardJudge(judge.split(":", 1)[1], base) if judge.startswith("reward:") else None
+    margin = min_margin if min_margin is not None else (0.5 if reward is None else 0.1)
+    if store.role(name) != "judge":
+        if name in {u["name"] for u in store.users()}:
+            raise UserError(f"user '{name}' exists and is not a judge; pick another --name")
+        # a machine identity: nobody can log in with it (the password is never shown)
+        store.add_user(name, "judge", secrets.token_urlsafe(32), by="collect judge")
+    counts = {"a": 0, "b": 0, "skip": 0}
+    while max_items is None or sum(counts.values()) < max_items:
+        shown = store.next_item(name)
+        if shown is None:
+            break
+        messages = shown.prompt
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        if reward is not None:
+            decision = reward.decide(messages, shown.left, shown.right, margin)
+        else:
+            decision = rules_decision(store.item_category(shown.item_id), question, shown.left, shown.right, margin)
+        store.submit(name, shown.assignment_id, decision.choice, shown.idempotency_key,
+                     rationale=f"[{judge}] {decision.reason}", then_next=False)
+        counts[decision.choice] += 1
+    if sum(counts.values()) and counts["skip"] == sum(counts.values()):
+        raise UserError(f"judge {judge} was unsure on all {counts['skip']} items it saw (every margin below "
+                        f"{margin}): nothing labelled; lower --min-margin or let humans label them")
+    return counts
