@@ -129,4 +129,4 @@ def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path)
                           f"train.label_smoothing={smoothing}"])
     args = stage.resolve_config(DPO, recipe)
     assert args.loss_type == [loss_type] and args.label_smoothing == smoothing
-    assert args.precompute_ref_log_probs is False  # dpo.yaml's partial epoch scores the reference in each step
+    assert args.precompute_ref_log_probs is recipe.train.get("precompute_ref_log_probs", True)  # dpo.yaml's, else ours
