@@ -77,6 +77,12 @@ def build_commands(cmds) -> None:
                         "(--out is then a folder)")
     p.set_defaults(handler=cmd_export)
 
+    p = cmds.add_parser("generate", help="fill the store with candidate pairs from the policy, in batch (no server)")
+    common(p)
+    p.add_argument("--adapter", help="adapter under review (default: the recipe's model.adapter, else the base)")
+    p.add_argument("--min-prompts", type=int, default=1, help="refuse a round with fewer prompts in the store")
+    p.set_defaults(handler=cmd_generate)
+
     p = cmds.add_parser("judge", help="an automatic annotator: vote on the queue as a program (rules or a reward run)")
     common(p)
     p.add_argument("--judge", default="rules", help="rules (refusal detector + prompt category + house style) or "
@@ -336,6 +342,32 @@ def cmd_export(args) -> int:
     print("dropped: " + (", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"))
     if "dataset" in report["files"]:
         print(f"dataset: {report['files']['dataset']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    """The worker's generation in batch mode: every prompt gets its pairs, then exit (the pipeline's round)."""
+    from alignkit.entry import quiet_libraries
+    from collect.config import CollectRecipe
+    from collect.worker import Worker, load_generators
+
+    quiet_libraries()
+    recipe = _recipe(args) or CollectRecipe()
+    store = _store(args, recipe)
+    prompts = len(store.prompts())
+    if prompts < max(args.min_prompts, 1):
+        raise UserError(f"store {store.url}: {prompts} prompt(s), the round needs at least {max(args.min_prompts, 1)} "
+                        "(alignkit collect init --prompts FILE adds them)")
+    adapter = args.adapter or recipe.model.adapter
+    worker = Worker(store, recipe.generation, lambda: load_generators(recipe.model, adapter, recipe.generation))
+    before, batches = store.item_count(), 0
+    while worker.todo():
+        worker.step(force=True)
+        batches += 1
+        print(f"generate: batch {batches}, {store.item_count() - before} pairs so far", flush=True)
+    ready = sum(store.ready_counts().values())
+    print(f"generate: {store.item_count() - before} new pairs ({ready} ready for voting, the rest flagged as "
+          f"near-duplicates) for {prompts} prompts")
     return 0
 
 

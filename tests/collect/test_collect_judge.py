@@ -107,3 +107,34 @@ def test_judge_cli(tmp_path):
     stats = subprocess.run([sys.executable, "-m", "alignkit.cli", "collect", "stats", "--store", url],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert stats.returncode == 0 and "judge judge-rules: 2 votes" in stats.stdout
+
+
+def test_generate_fills_the_store_in_batch_then_the_judge_runs(tiny_model_dir, tmp_path):
+    """Batch candidate generation with the real worker on the tiny model, then the rules judge: the tiny model
+    never refuses, so both answers of every pair are equally wrong or right and the judge, unsure on all,
+    exits 2 having labelled nothing."""
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Tell me about topic {i}."}],
+                                           "category": "general" if i % 2 else "harmful"}) + "\n" for i in range(3)))
+    recipe = tmp_path / "collect.yaml"
+    recipe.write_text(f"model: {{base: {tiny_model_dir}}}\nstore: sqlite:///{tmp_path}/c.db\n"
+                      "generation: {max_new_tokens: 6, batch_size: 4, max_attempts: 1}\nqueue: {repeat_every: 0}\n")
+    cli = [sys.executable, "-m", "alignkit.cli", "collect"]
+    no_store = subprocess.run([*cli, "generate", "--config", str(recipe)], capture_output=True, text=True, cwd=ROOT)
+    assert no_store.returncode == 2 and "no store at" in no_store.stderr
+    assert subprocess.run([*cli, "init", "--config", str(recipe), "--prompts", str(prompts)], capture_output=True,
+                          text=True, cwd=ROOT).returncode == 0
+    too_few = subprocess.run([*cli, "generate", "--config", str(recipe), "--min-prompts", "5"], capture_output=True,
+                             text=True, cwd=ROOT)
+    assert too_few.returncode == 2 and "3 prompt(s), the round needs at least 5" in too_few.stderr
+    assert make_store(f"sqlite:///{tmp_path}/c.db").item_count() == 0  # nothing half-written
+    done = subprocess.run([*cli, "generate", "--config", str(recipe)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "generate: 3 new pairs" in done.stdout
+    store = make_store(f"sqlite:///{tmp_path}/c.db", overlap=3, repeat_every=0)
+    assert store.item_count() == 3 and {c["generator"] for c in store.dump()["candidates"].values()} == {tiny_model_dir}
+    judged = subprocess.run([*cli, "judge", "--config", str(recipe)], capture_output=True, text=True, cwd=ROOT)
+    assert judged.returncode == 2 and "unsure on all 3 items" in judged.stderr, judged.stderr
+    assert not [v for v in store.dump()["votes"] if v["label"]]
