@@ -143,13 +143,15 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="engine.max_wait_ms (default: serve.yaml's)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     runs_dir = work / "bench"
     a, b = make_runs(runs_dir)
     results = {"plain transformers loop (1 request at a time)": plain_loop(runs_dir / a / "adapter", 12, args.tokens)}
 
-    recipe = ServeRecipe(model=ModelConfig(), runs=str(runs_dir), engine=EngineConfig(max_batch=16, max_wait_ms=15),
+    wait = args.max_wait_ms if args.max_wait_ms is not None else EngineConfig().max_wait_ms
+    recipe = ServeRecipe(model=ModelConfig(), runs=str(runs_dir), engine=EngineConfig(max_batch=16, max_wait_ms=wait),
                          server=ServerConfig(port=8765, max_tokens=256, watch_interval_s=0.2,
                                              rate_limit_per_minute=100_000),
                          feedback=FeedbackConfig(store=f"sqlite:///{work / 'collect.db'}"))
@@ -163,8 +165,16 @@ def main() -> None:
 
     client = OpenAI(base_url="http://127.0.0.1:8765/v1", api_key=key, max_retries=0, timeout=600)
     load(client, 2, 1, args.tokens)  # warm-up
+
+    def measured(run) -> dict:
+        batches, carried = engine.batches, engine.batched_requests
+        row = run()
+        row["batch"] = (engine.batched_requests - carried) / max(engine.batches - batches, 1)
+        return row
+
     for clients, per in ((1, 8), (8, 4), (32, 2)):
-        results[f"alignkit serve, {clients} client{'s' if clients > 1 else ''}"] = load(client, clients, per, args.tokens)
+        results[f"alignkit serve, {clients} client{'s' if clients > 1 else ''}"] = measured(
+            lambda: load(client, clients, per, args.tokens))
 
     swap_times: list[float] = []
     stop = threading.Event()
@@ -185,7 +195,7 @@ def main() -> None:
     flips_done = threading.Event()
     flip = threading.Thread(target=lambda: (flipper(), flips_done.set()))
     flip.start()
-    swapped = load(client, 8, 200, args.tokens, swaps=swap_times, until=flips_done)  # load spans all 10 swaps
+    swapped = measured(lambda: load(client, 8, 200, args.tokens, swaps=swap_times, until=flips_done))  # spans all 10
     stop.set()
     flip.join()
     results["alignkit serve, 8 clients, 10 swaps"] = swapped
@@ -199,12 +209,12 @@ def main() -> None:
     plain = results["plain transformers loop (1 request at a time)"]
     lines = [f"# serve load — {datetime.now():%Y-%m-%d %H:%M}", "",
              f"Machine: {_cpu()}; embedded SmolLM2-135M-Instruct + a LoRA adapter, float32 on CPU, greedy, "
-             f"max_tokens {args.tokens}; engine max_batch 16, max_wait 15 ms; client and server share the cores.", "",
-             "| setting | requests | generated tokens | tokens/s | × plain loop | p50 ms | p99 ms | failed |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"max_tokens {args.tokens}; engine max_batch 16, max_wait {wait:.0f} ms; client and server share the cores.", "",
+             "| setting | requests | generated tokens | tokens/s | × plain loop | p50 ms | p99 ms | failed | mean batch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} | {r['tok_s'] / plain['tok_s']:.2f} | "
-                     f"{r['p50']:.0f} | {r['p99']:.0f} | {r['failed']} |")
+                     f"{r['p50']:.0f} | {r['p99']:.0f} | {r['failed']} | {r.get('batch', 1):.1f} |")
     normal = results["alignkit serve, 8 clients"]
     lines += ["", f"Swaps: {len(swap_times)} promote/rollback flips under 8 clients, {swapped['failed']} failed requests; "
               f"{swapped.get('across', 0)} requests ran across a swap, their p99 {swapped.get('p99_across', float('nan')):.0f} ms "

@@ -16,7 +16,7 @@ class EngineConfig:
                                                   "through its runtime LoRA endpoints."})
     max_batch: int = field(default=16, metadata={"help": "Requests generated together in one batch at most."})
     max_wait_ms: float = field(
-        default=15.0, metadata={"help": "How long the first request of a batch waits for others to join it."})
+        default=100.0, metadata={"help": "How long the first request of a batch waits for others to join it."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's default)."})
     vllm_url: str | None = field(
         default=None, metadata={"help": "vllm: an already running `vllm serve --enable-lora` (http://127.0.0.1:8001); "
