@@ -14,7 +14,6 @@ not beat the rules in either direction, so the shipped detector stays rules only
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 import sys
@@ -27,13 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from alignkit import refusal  # noqa: E402
 from eval import validation  # noqa: E402
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for r in rows:
-        r["refused"] = r["label"] != "1_full_compliance" if "_" in r["label"] else r["label"] == "refusal"
-    return rows
 
 
 def _features(r: dict) -> dict:
@@ -79,8 +71,8 @@ def _cpu() -> str:
 def main() -> None:
     if not validation.DEV.is_file():
         sys.exit(f"{validation.DEV}: the dev set is not beside this checkout")
-    dev = _rows(validation.DEV)
-    sets = {p.name: _rows(p) for p in sorted(validation.DATA.glob("refusal_*.jsonl"))}
+    dev = validation.labelled_rows(validation.DEV)
+    sets = {p.name: validation.labelled_rows(p) for p in sorted(validation.DATA.glob("refusal_*.jsonl"))}
     project = [r for name, rows in sets.items() if name != "refusal_heldout5.jsonl" for r in rows]
     lines = [f"# refusal detector — {datetime.now():%Y-%m-%d %H:%M}", "",
              f"Detector `{refusal.VERSION}`; machine {_cpu()}, Python {platform.python_version()}.", "",

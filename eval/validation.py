@@ -65,7 +65,8 @@ def table(c: dict) -> str:
         f"recall {c['recall']:.3f}  (refusal = positive)"])
 
 
-def _labelled(path: Path) -> list[dict]:
+def labelled_rows(path: Path) -> list[dict]:
+    """A labelled JSONL set with `refused` added (ours: label refusal; XSTest's: anything but full compliance)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     for r in rows:
         r["refused"] = r["label"] != "1_full_compliance" if "_" in r["label"] else r["label"] == "refusal"
@@ -83,10 +84,10 @@ def measure(rows: list[dict]) -> dict:
 
 def build_card() -> dict:
     """Measure the default detector on every labelled set at hand (the dev set only where it is present)."""
-    sets = {p.name: measure(_labelled(p)) for p in sorted(DATA.glob("refusal_*.jsonl"))}
+    sets = {p.name: measure(labelled_rows(p)) for p in sorted(DATA.glob("refusal_*.jsonl"))}
     card = {"detector": refusal.VERSION, "project_sets": sets, "real_answers": {}}
     if DEV.is_file():
-        rows = _labelled(DEV)
+        rows = labelled_rows(DEV)
         card["real_answers"] = {m: measure([r for r in rows if r["model"] == m]) for m in sorted({r["model"] for r in rows})}
         card["real_answers"]["all"] = measure(rows)
     return card

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from alignkit import feedback as production
+from alignkit.errors import UserError
 from alignkit.refusal import classify
 from serve.engine import FINISH, Job
 from serve.keys import KeyRing
@@ -338,10 +339,8 @@ def create_app(recipe, runs_dir: str, engine, feedback_engine=None):
             raise ApiError(404, f"no response with id '{e.args[0]}'", "response_id", kind="not_found_error") from None
         except production.Conflict:
             raise ApiError(409, "this Idempotency-Key was used for different feedback", "Idempotency-Key") from None
-        except Exception as e:
-            if type(e).__name__ == "UserError":
-                raise ApiError(400, str(e), "response_ids") from None
-            raise
+        except UserError as e:  # two answers to different conversations
+            raise ApiError(400, str(e), "response_ids") from None
         if "rating" in kwargs and not receipt["replay"]:
             metrics.thumbs.labels(receipt["run"], receipt["variant"] or "", kwargs["rating"]).inc()
         return receipt
