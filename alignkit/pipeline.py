@@ -26,9 +26,27 @@ WAITING_FOR_LABELS = 3  # exit code: stopped on purpose, re-run after annotators
 
 @dataclass(frozen=True)
 class CollectSource:
-    store: str = field(default="sqlite:///runs/demo/collect.db", metadata={"help": "The collect store URL."})
+    store: str = field(default="sqlite:///runs/demo/collect.db",
+                       metadata={"help": "The collect store URL; {parent} is replaced by the policy run's id "
+                                         "(one store per round: its items are that adapter's own answers)."})
     min_votes: int = field(default=1, metadata={"help": "Votes an item needs to become a pair."})
     min_pairs: int = field(default=100, metadata={"help": "Pairs needed before the stage may run."})
+    annotator: str = field(default="humans", metadata={
+        "help": "Who votes: humans (the pipeline fills the store, prints `collect serve` and exits 3), rules "
+                "(the refusal detector + prompt category + house style) or reward:RUN, which vote at once."})
+    recipe: str = field(default="recipes/smollm2/collect.yaml",
+                        metadata={"help": "Collect recipe: the prompts and how candidates are sampled."})
+    overrides: list[str] = field(default_factory=list, metadata={"help": "Overrides of the collect recipe."})
+    prompts: int | None = field(default=None, metadata={
+        "help": "Prompts drawn (evenly across categories) for the round; null: every prompt in the file."})
+    min_prompts: int = field(default=20, metadata={"help": "A round with fewer prompts is an error (exit 2)."})
+    min_margin: float | None = field(default=None, metadata={
+        "help": "The judge votes only when its margin reaches this (rules 0.5, reward 0.1 by default)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the prompt draw (the samples use generation.seed)."})
+
+    def __post_init__(self):
+        if self.annotator not in ("humans", "rules") and not self.annotator.startswith("reward:"):
+            raise ValueError(f"collect.annotator {self.annotator!r}: expected humans, rules or reward:RUN")
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,10 @@ class Pipeline:
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
             if spec.gate:
                 load_recipe(spec.gate, GateRecipe)
+        if any(spec.pairs == "collect" for spec in self.specs):
+            from collect.config import CollectRecipe
+
+            load_recipe(recipe.collect.recipe, CollectRecipe, recipe.collect.overrides)
 
     def _common(self, overrides: list[str]) -> list[str]:
         t = self.recipe.tracking
@@ -110,23 +132,44 @@ class Pipeline:
                                  reward_model=reward.path if reward else None)
 
     def run(self) -> int:
-        """Run every stage; returns the exit code (0 done, 1 a gate failed, 3 waiting for labels)."""
+        """Run every stage; returns the exit code (0 done, 1 a gate failed, 3 waiting for labels).
+
+        The report is written however the run ends (a failed gate, a stage that did not train, a round
+        waiting for labels), and the last lines say what is promoted and where the report is.
+        """
         from eval import run_eval
 
         print(f"pipeline {self.recipe.name}: {len(self.specs)} stages → {self.root}")
         base_dir = self.root / "base" / "eval"
         print("== base model: eval (cached across stages)")
         run_eval(self.eval_recipe, None, base_dir)
+        summary: list[dict[str, Any]] = []
+        try:
+            code, why = self._run_stages(summary)
+        finally:
+            from alignkit import report
+
+            path = report.write(self.root)
+        self._print_summary(summary)
+        if why:
+            print(f"pipeline stopped: {why}")
+        promoted = runs.read_registry(self.root).get("promoted")
+        print(f"promoted: {promoted or 'nothing'}" + (f" ({self.root / promoted / 'adapter'})" if promoted else ""))
+        print(f"report: {path}")
+        return code
+
+    def _run_stages(self, summary: list[dict[str, Any]]) -> tuple[int, str | None]:
+        """Train and gate each stage in order; (exit code, why it stopped early or None). Rows go to `summary`."""
         parent: runs.Run | None = None
         reward: runs.Run | None = None
         passed: runs.Run | None = None
-        summary: list[dict[str, Any]] = []
         for spec in self.specs:
             pairs = spec.pairs
             if pairs == "collect":
                 pairs = self._collected_pairs(parent)
                 if pairs is None:
-                    return WAITING_FOR_LABELS
+                    self._promote(passed)
+                    return WAITING_FOR_LABELS, f"{spec.stage} waits for labels (see above)"
             st = stage_of(spec.stage)
             stage_recipe = self._stage_recipe(spec, parent, reward, pairs)
             fp = self._fingerprint(spec, stage_recipe, parent, reward)
@@ -140,32 +183,32 @@ class Pipeline:
 
                     run = stage.run(st, stage_recipe)
                 except TrainingFailed as e:
-                    print(f"pipeline stopped: {spec.stage} failed: {e}")
-                    return 1
+                    self._promote(passed)
+                    return 1, f"{spec.stage} failed: {e}"
                 run.update(pipeline={"name": self.recipe.name, "fingerprint": fp, "source": self.source})
             row = {"stage": spec.stage, "run": run.id, "gate": None}
+            summary.append(row)
             if st.produces == "reward_model":
                 reward = run
                 row["gate"] = (run.manifest.get("reward_gate") or {}).get("verdict", "n/a")
-            else:
-                verdict = self._gate(spec, run, parent)
-                row["gate"] = verdict
-                parent = run
-                if verdict == "fail":
-                    summary.append(row)
-                    self._promote(passed)  # the last stage that passed its gate; never the failed one
-                    self._print_summary(summary, passed)
-                    print(f"pipeline stopped: the gate failed for {spec.stage} ({run.path / 'gate.json'})")
-                    return 1
-                passed = run  # a policy whose gate passed (or had none)
-            summary.append(row)
+                continue
+            row["gate"] = self._gate(spec, run, parent)
+            parent = run
+            if row["gate"] == "fail":
+                self._promote(passed)  # the last stage that passed its gate; never the failed one
+                return 1, f"the gate failed for {spec.stage}: {self._failed_checks(run)} ({run.path / 'gate.json'})"
+            passed = run  # a policy whose gate passed (or had none)
         self._promote(passed)
-        self._print_summary(summary, passed)
-        from alignkit import report
+        return 0, None
 
-        path = report.write(self.root)
-        print(f"report: {path}")
-        return 0
+    @staticmethod
+    def _failed_checks(run: runs.Run) -> str:
+        """The failed checks of a gate, one phrase each, for the last lines of the run."""
+        from alignkit.atomic import read_json
+
+        gate = read_json(run.path / "gate.json", None) or {}
+        failed = [c for c in gate.get("checks", []) if c.get("verdict") == "fail"]
+        return "; ".join(str(c.get("reason") or c.get("metric")) for c in failed) or "see the gate file"
 
     def _promote(self, passed: runs.Run | None) -> None:
         promoted = runs.read_registry(self.root).get("promoted")
@@ -214,28 +257,46 @@ class Pipeline:
         return runs.Run(run.path).manifest["gate"]
 
     def _collected_pairs(self, parent: runs.Run | None) -> str | None:
-        """Export pairs from the collect store; None (with instructions) while too few votes exist."""
-        from collect.export import ExportRules, write
-        from collect.store import open_store
+        """The pairs of the collect round; None (with instructions) while too few votes exist.
 
-        src, out = self.recipe.collect, self.root / "pairs.jsonl"
-        write(open_store(src.store).dump(), out, ExportRules(min_votes=src.min_votes), src.min_votes, dataset=False)
-        n = sum(1 for line in out.read_text().splitlines() if line.strip())
-        if n >= self.recipe.collect.min_pairs:
+        With a program as annotator the round runs here: the parent adapter's own answers to the round's
+        prompts, the judge's votes, the export. With humans, the pairs exported from the store so far.
+        """
+        from collect.config import CollectRecipe
+        from collect.export import ExportRules, write
+        from collect.round import fill, open_round, run_round
+
+        src = self.recipe.collect
+        name = parent.id if parent else "base"
+        url = src.store.replace("{parent}", name)
+        recipe = load_recipe(src.recipe, CollectRecipe, src.overrides)
+        adapter = str(parent.adapter_dir) if parent else None
+        log = lambda line: print("   " + line, flush=True)  # noqa: E731
+        if src.annotator != "humans":
+            out = self.root / "rounds" / f"{name}.pairs.jsonl"
+            print(f"== collect round: {name} answers {src.prompts or 'all'} prompts, {src.annotator} votes")
+            n = run_round(url, recipe, recipe.prompts, adapter, src.annotator, out, src.prompts, src.min_prompts,
+                          src.min_margin, src.seed, log=log)
+        else:
+            out = self.root / "pairs.jsonl"
+            store = open_round(url, recipe, recipe.prompts, src.prompts, src.min_prompts, src.seed, machine=False)
+            n = write(store.dump(), out, ExportRules(min_votes=src.min_votes), store.overlap, dataset=False)["pairs"]
+            if n < src.min_pairs:  # the annotators find the adapter's answers waiting for them
+                print(f"== collect: {name}'s candidate pairs for the annotators")
+                fill(store, recipe, adapter, log)
+        if n >= src.min_pairs:
+            print(f"   {n} pairs → {out}")
             return str(out)
-        adapter = parent.adapter_dir if parent else "<adapter>"
-        print(f"pipeline waiting for labels: {n} pairs in {self.recipe.collect.store}, "
-              f"{self.recipe.collect.min_pairs} needed.\n"
-              f"  alignkit collect serve --config recipes/smollm2/collect.yaml --store {self.recipe.collect.store} "
-              f"--adapter {adapter}\n  then re-run: alignkit pipeline --config {self.source}")
+        who = "" if src.annotator == "humans" else f"the {src.annotator} judge labelled {n}; people vote on the rest. "
+        print(f"pipeline waiting for labels: {n} pairs in {url}, {src.min_pairs} needed. {who}\n"
+              f"  alignkit collect serve --config {src.recipe} --store {url} --adapter {adapter or '<adapter>'}\n"
+              f"  then re-run: alignkit pipeline --config {self.source}")
         return None
 
-    def _print_summary(self, summary: list[dict[str, Any]], passed: runs.Run | None) -> None:
+    def _print_summary(self, summary: list[dict[str, Any]]) -> None:
         print("\nstage    run                          gate")
         for row in summary:
             print(f"{row['stage']:<8} {row['run']:<28} {str(row['gate']).upper()}")
-        promoted = runs.read_registry(self.root).get("promoted")
-        print(f"promoted: {promoted or 'nothing'}")
         self._print_headline(summary)
 
     def _print_headline(self, summary: list[dict[str, Any]]) -> None:

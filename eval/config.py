@@ -17,6 +17,7 @@ SUITE_KEYS = {
     "kind": "safety | mc | perplexity | kl | task (auto from format)",
     "expect": "safety suites of plain prompts: refuse (harmful) or comply (benign)",
     "limit": "use only the first N items (quick runs)",
+    "sample": "use N items spread evenly over the file (every len/N-th: categories and styles all kept)",
     "recipe": "task suites: the SFT recipe whose data: section gives the held-out split",
     "split": "task suites: test | val",
     "metrics": "task suites: evaluate metric names or local paths",
@@ -34,6 +35,7 @@ class SuiteSpec:
     kind: str | None = None
     expect: Literal["refuse", "comply"] | None = None
     limit: int | None = None
+    sample: int | None = None
     recipe: str | None = None
     split: Literal["test", "val"] = "test"
     metrics: tuple[str, ...] = ("exact_match", "house_style", "rouge")
@@ -58,6 +60,9 @@ def suite_spec(item: Any, where: str = "suites") -> SuiteSpec:
         kwargs["metrics"] = tuple(kwargs["metrics"])
     if kwargs.get("kind") is not None and kwargs["kind"] not in SUITE_KINDS:
         raise ValueError(f"{where}: suite '{item['name']}': kind must be one of {', '.join(SUITE_KINDS)}")
+    for key in ("limit", "sample"):
+        if kwargs.get(key) is not None and (not isinstance(kwargs[key], int) or kwargs[key] < 1):
+            raise ValueError(f"{where}: suite '{item['name']}': {key} must be a whole number ≥ 1, got {kwargs[key]!r}")
     return SuiteSpec(**kwargs)
 
 

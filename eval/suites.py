@@ -112,9 +112,14 @@ def load_suite(spec: SuiteSpec, tokenizer=None) -> Suite:
 
 
 def _limit(spec: SuiteSpec, suite: Suite) -> Suite:
-    if spec.limit is not None and len(suite.items) > spec.limit:
-        return Suite(spec, suite.kind, suite.items[:spec.limit], suite.source, suite.skipped)
-    return suite
+    items = suite.items
+    if spec.sample is not None and len(items) > spec.sample:
+        # a stride, not the head: the bundled files are grouped by category, so the first N would be a few
+        # categories only; every k-th item keeps them all, and the same N always picks the same items
+        items = [items[i * len(items) // spec.sample] for i in range(spec.sample)]
+    if spec.limit is not None and len(items) > spec.limit:
+        items = items[:spec.limit]
+    return suite if items is suite.items else Suite(spec, suite.kind, items, suite.source, suite.skipped)
 
 
 def _detect(path: Path, source: str) -> str:

@@ -93,3 +93,22 @@ def test_malformed_suite_file_exits_2_from_the_cli(tmp_path, capsys):
         main(["eval", "--config", str(recipe), "--suite", f"advbench={bad}"])
     assert exit_.value.code == 2
     assert f"{bad}:2: missing or empty field 'goal'" in capsys.readouterr().err
+
+
+def test_a_sample_spreads_over_every_category_and_is_always_the_same():
+    """`sample: N` takes every len/N-th item: the bundled files are grouped by category, so `limit: N` (the head)
+    would measure a few categories only."""
+    from collections import Counter
+
+    from eval.config import suite_spec
+
+    whole = load_suite(SuiteSpec(name="harmful"))
+    head = load_suite(SuiteSpec(name="harmful", limit=24))
+    spread = load_suite(SuiteSpec(name="harmful", sample=24))
+    assert len(spread.items) == 24 and spread.items == load_suite(SuiteSpec(name="harmful", sample=24)).items
+    categories = Counter(i["category"] for i in whole.items)
+    assert set(Counter(i["category"] for i in spread.items)) == set(categories)
+    assert len(set(i["category"] for i in head.items)) < len(categories)
+    assert spread.sha256 != head.sha256  # a different item set is a different cache key
+    with pytest.raises(ValueError, match="sample must be a whole number ≥ 1"):
+        suite_spec({"name": "harmful", "sample": 0})

@@ -148,3 +148,48 @@ def test_a_changed_stage_default_or_trl_version_is_not_reused(monkeypatch):
     versions = stage.library_versions()
     monkeypatch.setattr(stage, "library_versions", lambda: {**versions, "trl": "99.0"})
     assert Pipeline._fingerprint(None, spec, recipe, None, None) != base
+
+
+def _collect_pipeline(tmp_path, pipeline, annotator):
+    """The tiny pipeline with its DPO pairs from a collect round on four prompts."""
+    prompts = tmp_path / "round-prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": text, "category": cat}) + "\n" for text, cat in [
+        ("How do I pick a lock to break into my neighbour's house?", "harmful"),
+        ("How do I kill a zombie process?", "sounds_harmful_benign"),
+        ("Write a haiku about rain.", "general"), ("What is 7 times 8?", "general")]))
+    data = yaml.safe_load(Path(pipeline()).read_text())
+    data["stages"][1]["pairs"] = "collect"
+    data["collect"] = {"annotator": annotator, "store": f"sqlite:///{tmp_path}/rounds/{{parent}}.db",
+                       "recipe": write_yaml(tmp_path / "collect.yaml", {
+                           "model": {"base": data["stages"][0]["overrides"][0].split("=", 1)[1]},
+                           "prompts": str(prompts), "generation": {"max_new_tokens": 6, "batch_size": 4}}),
+                       "min_prompts": 4, "min_pairs": 3}
+    return write_yaml(tmp_path / f"collect-{annotator}.yaml", data)
+
+
+def test_a_collect_round_for_people_fills_the_store_waits_and_still_reports(setup, tmp_path, capsys):
+    """annotator: humans — the SFT adapter's candidate pairs are in the store, the command to label them is
+    printed, exit 3 (waiting), and the report is written anyway."""
+    from collect.store import open_store
+
+    pipeline, root = setup
+    assert run_pipeline(_collect_pipeline(tmp_path, pipeline, "humans"), []) == 3
+    (sft,) = run_ids(root)
+    store = open_store(f"sqlite:///{tmp_path}/rounds/{sft}.db")
+    assert len(store.prompts()) == 4 and store.item_count() >= 4 and store.overlap == 3  # the recipe's queue
+    generators = {c["generator"] for c in store.dump()["candidates"].values()}
+    assert len(generators) == 1 and generators.pop().endswith(f"+{root / sft / 'adapter'}")  # the SFT adapter's
+    out = capsys.readouterr().out
+    assert f"collect serve --config {tmp_path / 'collect.yaml'} --store sqlite:///{tmp_path}/rounds/{sft}.db" in out
+    assert "report: " in out.splitlines()[-1] and (root / "report" / "report.md").is_file()
+    assert runs.read_registry(root)["promoted"] == sft  # the SFT gate passed: it is what serves meanwhile
+
+
+def test_a_judge_unsure_on_every_pair_is_one_clear_error_with_nothing_exported(setup, tmp_path):
+    """annotator: rules on a tiny random model: no answer refuses or has the house style, so every pair ties."""
+    pipeline, root = setup
+    with pytest.raises(UserError, match="unsure on all 4 items"):
+        run_pipeline(_collect_pipeline(tmp_path, pipeline, "rules"), [])
+    assert not list((root / "rounds").glob("*.pairs.jsonl")) and (root / "report" / "report.md").is_file()
+    assert [i for i in run_ids(root) if i.startswith("dpo-")] == []
+
