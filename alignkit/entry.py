@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from alignkit import distributed
 from alignkit.errors import TrainingFailed, UserError
 
 
@@ -32,12 +33,14 @@ def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
     except UserError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if getattr(e, "echo", True):  # an error another rank found and printed is not printed twice
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingFailed as e:
         if debug:
             raise
-        print(f"training failed: {e}", file=sys.stderr)
+        if getattr(e, "echo", True):
+            print(f"training failed: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: the run is marked interrupted; run the same command again to resume", file=sys.stderr)
@@ -92,7 +95,7 @@ def run_recipe(args: argparse.Namespace, recipe_cls: type, run: Callable[[Any], 
     recipe = load_recipe(args.config, recipe_cls, args.overrides)
     result = run(recipe)
     path = getattr(result, "path", None)
-    if path is not None:
+    if path is not None and distributed.is_main():  # one line, not one per rank
         print(f"run: {path}")
     return 0
 

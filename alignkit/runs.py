@@ -78,9 +78,11 @@ def _alive(pid: int | None, host: str | None) -> bool:
 
 @dataclass
 class Run:
-    """One stage run's directory and manifest."""
+    """One stage run's directory and manifest. `writes=False` is the view ranks other than 0 of a multi-process
+    run hold: it reads the directory rank 0 chose, and its updates change nothing on disk."""
 
     path: Path
+    writes: bool = True
 
     @property
     def id(self) -> str:
@@ -110,6 +112,8 @@ class Run:
         """Merge fields into the manifest (atomically) and mirror status/gate into the registry."""
         manifest = self.manifest
         manifest.update(fields)
+        if not self.writes:
+            return manifest
         write_json(self.manifest_path, manifest)
         mirror = {k: manifest.get(k) for k in ("stage", "parent", "status", "fingerprint", "gate") if k in manifest}
         with registry(self.root) as reg:

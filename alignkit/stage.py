@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from alignkit import runs, tracking
+from alignkit import distributed, runs, tracking
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.recipe import to_dict
 
@@ -60,6 +61,7 @@ class Context:
     args: Any                              # the TRL config (trainer.args once the trainer exists)
     opened: "OpenRun"
     parent: runs.Run | None = None
+    trainer: Any = None                    # the TRL trainer, once built
     summary: dict[str, Any] = field(default_factory=dict)   # → manifest "metrics" and the W&B summary
     fields: dict[str, Any] = field(default_factory=dict)    # → other manifest entries at close
 
@@ -98,29 +100,80 @@ class Stage:
 
 
 def run(stage: Stage, recipe: Any) -> runs.Run:
-    """Run `stage` on `recipe` from tokenizer to closed manifest; returns the completed run."""
+    """Run `stage` on `recipe` from tokenizer to closed manifest; returns the completed run.
+
+    Under a launcher every rank runs this function: rank 0 curates the data and opens the run (the others
+    receive both), every rank builds the trainer and trains, rank 0 writes what is written once."""
+    distributed.init()
+    distributed.check_shared(recipe.output.dir)  # a rank that cannot see the run folder: exit 2, nothing trained
     tokenizer, template_sha, parent = start(recipe.model, stage.name)
-    data = stage.load_data(recipe, tokenizer)
+    data = load_data(stage, recipe, tokenizer)
     args = resolve_config(stage, recipe, data.trl)
-    opened = open_run(recipe, stage.name, inputs=data.inputs, parent=parent, config=args,
-                      extra={**model_manifest(recipe.model, template_sha), **data.fields})
+    opened = open_shared(recipe, stage.name, inputs=data.inputs, parent=parent, config=args,
+                         extra={**model_manifest(recipe.model, template_sha), **data.fields})
     args.output_dir, args.run_name = str(opened.run.path / "checkpoints"), opened.run.id
     with guard(opened):
         ctx = Context(stage, recipe, tokenizer, data, args, opened, parent)
-        trainer = stage.build_trainer(ctx)
-        ctx.args = trainer.args
+        # every rank builds its trainer; if one cannot, all stop here rather than wait in the first all-reduce
+        trainer = distributed.every_rank(lambda: distributed.prepare_trainer(stage.build_trainer(ctx)))
+        ctx.trainer, ctx.args = trainer, trainer.args
         record_config(opened, trainer.args)
         result = trainer.train(resume_from_checkpoint=opened.resume_from)
-        check_finite(opened)
+        check_finite(opened)  # the logged loss is gathered over ranks: every rank takes the same decision
         ctx.summary.update(train_loss=result.training_loss, train_steps=result.global_step,
                            train_runtime_s=round(result.metrics.get("train_runtime", 0.0), 1))
         (stage.finish or finish)(ctx, trainer, result)
         check_finite(opened)
-        return close_run(opened, ctx.summary, **ctx.fields)
+        closed = distributed.on_main(lambda: close_run(opened, ctx.summary, **ctx.fields).path)
+        distributed.record_result(closed)
+        return opened.run
+
+
+def load_data(stage: Stage, recipe, tokenizer) -> Data:
+    """`stage.load_data`, curated once: rank 0 curates and sends the datasets to the other ranks. Data holding
+    live objects (RLHF's reward function) cannot be sent; then the others load their own after rank 0."""
+    if distributed.world_size() == 1:
+        return stage.load_data(recipe, tokenizer)
+    import pickle
+
+    mine: dict[str, Data] = {}
+
+    def curate() -> bytes | None:
+        mine["data"] = stage.load_data(recipe, tokenizer)
+        try:
+            return pickle.dumps(mine["data"])
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return None
+
+    blob = distributed.on_main(curate)
+    if distributed.is_main():
+        return mine["data"]
+    if blob is not None:
+        return pickle.loads(blob)
+    with contextlib.redirect_stdout(io.StringIO()):  # rank 0 printed the data report
+        return distributed.every_rank(lambda: stage.load_data(recipe, tokenizer))
+
+
+def open_shared(recipe: Any, stage: str, **kwargs: Any) -> "OpenRun":
+    """`open_run` on rank 0; the other ranks get its run directory and checkpoint, with writes switched off."""
+    if distributed.world_size() == 1:
+        return open_run(recipe, stage, **kwargs)
+    mine: dict[str, OpenRun] = {}
+
+    def choose() -> tuple[str, str | None]:
+        mine["run"] = open_run(recipe, stage, **kwargs)
+        return str(mine["run"].run.path), mine["run"].resume_from
+
+    path, resume_from = distributed.on_main(choose)
+    if distributed.is_main():
+        return mine["run"]
+    return OpenRun(runs.Run(Path(path), writes=False), resume_from,
+                   tracking.MetricsCallback(tracking.NullLogger()), None)
 
 
 def finish(ctx: Context, trainer, result) -> None:
-    """The default end of a stage: the final held-out evaluation, then the adapter saved."""
+    """The default end of a stage: the final held-out evaluation (sharded over ranks and gathered by the
+    trainer), then the adapter saved (once)."""
     evaluate(ctx, trainer)
     save_adapter(ctx, trainer.model)
 
@@ -140,10 +193,31 @@ def evaluate(ctx: Context, trainer) -> None:
 
 
 def save_adapter(ctx: Context, model) -> None:
-    """The trained adapter (and the tokenizer) into the run's adapter/."""
+    """The trained adapter (and the tokenizer) into the run's adapter/, written once, by rank 0.
+
+    Under FSDP the parameters are sharded: every rank takes part in gathering the full state dict first."""
     from alignkit import models
 
-    models.save_adapter(model, ctx.tokenizer, ctx.run.adapter_dir)
+    trainer = ctx.trainer
+    if distributed.world_size() > 1 and trainer is not None and getattr(trainer, "is_fsdp_enabled", False):
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # a collective: every rank
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        distributed.on_main(lambda: models.save_adapter(_with_state(unwrapped, state_dict), ctx.tokenizer,
+                                                       ctx.run.adapter_dir))
+        return
+    if trainer is not None:
+        model = trainer.accelerator.unwrap_model(model)
+    distributed.on_main(lambda: models.save_adapter(model, ctx.tokenizer, ctx.run.adapter_dir))
+
+
+class _with_state:
+    """A model whose save_pretrained writes a given (gathered) state dict."""
+
+    def __init__(self, model, state_dict):
+        self.model, self.state_dict = model, state_dict
+
+    def save_pretrained(self, path):
+        self.model.save_pretrained(path, state_dict=self.state_dict)
 
 
 def start(model_cfg, stage_name: str = "this"):
@@ -230,8 +304,12 @@ class OpenRun:
 
 def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Run | None, config,
              extra: dict[str, Any]) -> OpenRun:
-    """Start a run for `recipe`, or reopen an interrupted one with the same fingerprint (resume: auto)."""
-    fp = fingerprint(stage, recipe, inputs, parent.id if parent else None, config_dict(config))
+    """Start a run for `recipe`, or reopen an interrupted one with the same fingerprint (resume: auto).
+
+    More processes are other work (another effective batch): their world size is in the fingerprint."""
+    size = distributed.world_size()
+    fp = fingerprint(stage, recipe, inputs, parent.id if parent else None, config_dict(config),
+                     *([{"world_size": size}] if size > 1 else []))
     run, resume_from = None, None
     if recipe.output.resume == "auto":
         run = runs.resumable(recipe.output.dir, stage, fp)
@@ -251,10 +329,10 @@ def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Ru
 
 def record_config(opened: OpenRun, args) -> None:
     """The TRL config the trainer holds (after its own edits) into the manifest and the W&B config."""
-    resolved = config_dict(args)
-    opened.run.update(trl_config_class=type(args).__name__, trl_config=resolved)
+    resolved, topology = config_dict(args), distributed.topology(args)
+    opened.run.update(trl_config_class=type(args).__name__, trl_config=resolved, distributed=topology)
     if opened.wandb is not None:
-        tracking.WandbLogger(opened.wandb).log_config({"trl_config": resolved})
+        tracking.WandbLogger(opened.wandb).log_config({"trl_config": resolved, "distributed": topology})
 
 
 def with_inputs(stage: Stage, recipe, **paths: str | Path | None):
@@ -292,12 +370,17 @@ def precision_defaults() -> dict[str, Any]:
 @contextlib.contextmanager
 def guard(opened: OpenRun) -> Iterator[None]:
     """Mark the run failed or interrupted if the body does not finish; SIGTERM counts as an interrupt."""
-    previous = signal.getsignal(signal.SIGTERM)
+    import threading
+
+    # A Ray Train worker runs the stage in a thread, where no signal handler can be set (Ray handles SIGTERM)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    if main_thread:
+        signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     except KeyboardInterrupt:
@@ -309,7 +392,8 @@ def guard(opened: OpenRun) -> Iterator[None]:
         tracking.finish_wandb(opened.wandb, {"status": "failed"})
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def check_finite(opened: OpenRun) -> None:

@@ -29,6 +29,13 @@ class JsonlLogger:
             f.write(json.dumps(row, default=float) + "\n")
 
 
+class NullLogger:
+    """Logs nothing: the metrics logger of ranks other than 0 (rank 0 writes metrics.jsonl once)."""
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+
 class WandbLogger:
     """A W&B run (offline unless an API key is set and mode allows online): metrics, config, tables."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from alignkit import models, stage
+from alignkit import distributed, models, stage
 from alignkit.pairs import load_pairs, pairs_to_kto, thumbs_to_kto, to_kto_dataset, to_preference_dataset
 from alignkit.runs import Run
 from preference.config import DPO_DEFAULTS, KTO_DEFAULTS, DPORecipe, KTORecipe
@@ -72,9 +72,12 @@ def build_trainer(ctx: stage.Context):
     trainer = stage.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
                                   train_dataset=ctx.data.train, eval_dataset=ctx.data.eval,
                                   processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
-    ref_check = check_reference(trainer, ctx.recipe.reference.pairs, ctx.recipe.reference.tolerance)
-    print(f"reference check: passed (max |implicit reward| {ref_check.max_abs_reward:.2e} on "
-          f"{ref_check.sequences} sequences)")
+    # one answer for the run: rank 0 scores the pairs (no collective inside), every rank stops if it fails
+    ref_check = distributed.on_main(
+        lambda: check_reference(trainer, ctx.recipe.reference.pairs, ctx.recipe.reference.tolerance))
+    if distributed.is_main():
+        print(f"reference check: passed (max |implicit reward| {ref_check.max_abs_reward:.2e} on "
+              f"{ref_check.sequences} sequences)")
     ctx.run.update(reference_check=ref_check.as_dict())
     return trainer
 

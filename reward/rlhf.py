@@ -14,7 +14,7 @@ import statistics
 import sys
 from typing import Any, Callable
 
-from alignkit import models, stage
+from alignkit import distributed, models, stage
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.generate import Sampling, chat
 from alignkit.reward_model import RewardScorer
@@ -116,8 +116,8 @@ def build_trainer(ctx: stage.Context):
     else:
         policy = models.attach_lora(policy, recipe.lora, gradient_checkpointing=ctx.args.activation_checkpointing)
     reward_fn, probe = ctx.data.extra["reward_fn"], ctx.data.extra["probe"]
-    ctx.summary["greedy_reward_before"] = mean_reward(policy, tokenizer, reward_fn, probe,
-                                                      ctx.args.max_completion_length)
+    ctx.summary["greedy_reward_before"] = distributed.on_main(  # one measurement per run, by rank 0
+        lambda: mean_reward(policy, tokenizer, reward_fn, probe, ctx.args.max_completion_length))
     guard = RewardHackingGuard(cfg.kl_ceiling, cfg.min_mean_length, cfg.max_clipped_ratio, cfg.patience)
     ctx.data.extra["guard"] = guard
     return stage.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=ctx.args,
@@ -138,7 +138,8 @@ def finish(ctx: stage.Context, trainer, result) -> None:
         model.delete_adapter("ref")
     model.set_adapter("default")
     probe, before = ctx.data.extra["probe"], ctx.summary.pop("greedy_reward_before")
-    after = mean_reward(model, tokenizer, ctx.data.extra["reward_fn"], probe, ctx.args.max_completion_length)
+    after = distributed.on_main(
+        lambda: mean_reward(model, tokenizer, ctx.data.extra["reward_fn"], probe, ctx.args.max_completion_length))
     tokenizer.padding_side = ctx.data.extra["padding_side"]  # the adapter's tokenizer as the SFT stage saved it
     stage.save_adapter(ctx, model)
     ctx.summary.update({
@@ -149,7 +150,7 @@ def finish(ctx: stage.Context, trainer, result) -> None:
         "greedy_reward_before": before, "greedy_reward_after": after, "greedy_reward_prompts": len(probe),
     })
     ctx.fields["guard"] = {"reason": None, "notes": guard.notes}
-    if before is not None:
+    if before is not None and distributed.is_main():
         print(f"mean reward of greedy replies to {len(probe)} training prompts: {before:.4f} → {after:.4f}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from alignkit import models, stage
+from alignkit import distributed, models, stage
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.pairs import load_pairs, to_preference_dataset
 from alignkit.reward_model import SFT_INIT_DIR, RewardScorer, merge_into_seq_cls
@@ -109,8 +109,13 @@ def build_trainer(ctx: stage.Context):
 def finish(ctx: stage.Context, trainer, result) -> None:
     """Save the adapter (with the SFT adapter it sits on), check the saved model scores like the trained one,
     then held-out accuracy, margin, calibration and the gate."""
+    stage.save_adapter(ctx, trainer.model)  # every rank takes part (FSDP gathers); rank 0 writes
+    # the reload check, held-out scoring and the gate need one answer: rank 0, the others wait for its verdict
+    distributed.on_main(lambda: _check_and_gate(ctx, trainer, result))
+
+
+def _check_and_gate(ctx: stage.Context, trainer, result) -> None:
     recipe, tokenizer, run, heldout = ctx.recipe, ctx.tokenizer, ctx.run, ctx.data.extra["heldout"]
-    stage.save_adapter(ctx, trainer.model)
     if recipe.model.adapter:  # the reward model sits on base + SFT: keep the SFT adapter with it
         shutil.copytree(recipe.model.adapter, run.adapter_dir / SFT_INIT_DIR)
 
