@@ -77,6 +77,7 @@ def init() -> None:
     """Join the launcher's process group (a no-op for a single process)."""
     global _CONTROL
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        _check_single_by_mistake()
         return
     import torch
     import torch.distributed as dist
@@ -86,6 +87,18 @@ def init() -> None:
     PartialState(cpu=not torch.cuda.is_available())
     if _CONTROL is None:
         _CONTROL = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+
+
+def _check_single_by_mistake() -> None:
+    """`accelerate launch --cpu --num_processes 2` starts ONE process (its CPU launcher needs mpirun): refuse
+    to pass that off as a 2-process run. accelerate sets MASTER_ADDR only when asked for several processes."""
+    asked = os.environ.get("MASTER_ADDR") and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+    mpi = any(k in os.environ for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if asked and not mpi:
+        raise UserError("accelerate launch --cpu started one process, not several: its multi-CPU launcher needs "
+                        "mpirun (--mpirun_hostfile). Use `accelerate launch --config_file recipes/accelerate/cpu.yaml"
+                        "` (its torchrun path, gloo on CPU), `alignkit <stage> --launcher torchrun`, or drop "
+                        "--num_processes for a single process")
 
 
 def _group():
@@ -347,9 +360,6 @@ def preflight(spec: LaunchSpec) -> None:
                             "pip install deepspeed")
         if cfg.get("num_machines", 1) > 1:
             return  # a multi-machine launch: this machine's devices are a part; the rank-level check covers storage
-    if kind == "accelerate" and device_count()[1].startswith("CPU"):
-        raise UserError("accelerate launch has no multi-process CPU launcher without MPI (it starts one process, or "
-                        "needs mpirun and --mpirun_hostfile); on CPU use --launcher torchrun")
     if kind == "ray":
         return  # Ray counts its cluster's resources itself: see alignkit.ray_engine.preflight
     n, what = device_count()
@@ -366,7 +376,11 @@ def command(spec: LaunchSpec, argv: list[str]) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(spec.size),
                 *target]
     if spec.kind == "accelerate":
-        cfg = ["--config_file", spec.config] if spec.config else []
+        # Without a config: accelerate's torchrun path (--multi_gpu). On a machine without CUDA its processes
+        # train on CPU over gloo, because the resolved TRL config says use_cpu (see docs/distributed.md);
+        # accelerate's own CPU mode (--cpu) starts one process, or needs mpirun.
+        cfg = (["--config_file", spec.config] if spec.config else
+               ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"])
         return [sys.executable, "-m", "accelerate.commands.launch", *cfg, "--num_processes", str(spec.size),
                 *target]
     raise ValueError(f"no subprocess launcher for {spec.kind}")

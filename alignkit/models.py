@@ -146,6 +146,9 @@ def quantization_config(quantization: str):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # packed 4-bit weights stored as bf16 elements (same bytes): FSDP can then shard them with the
+            # bf16 LoRA and norm weights in one flat parameter (QLoRA + FSDP, docs/distributed.md)
+            bnb_4bit_quant_storage=torch.bfloat16,
         )
     if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -190,7 +193,8 @@ def load_model(model_cfg, *, sequence_classification: bool = False, num_labels: 
 def _device_map():
     import torch
 
-    return {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+    # each process of a multi-GPU run loads onto its own GPU (LOCAL_RANK), not all onto GPU 0
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else {"": "cpu"}
 
 
 def lora_config(section: dict, task_type: str = "CAUSAL_LM"):

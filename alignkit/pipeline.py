@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit import registry, runs
+from alignkit import distributed, registry, runs
 from alignkit.cli import STAGES
 from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
@@ -56,6 +56,8 @@ class StageSpec:
     gate: str | None = field(default=None, metadata={"help": "Gate YAML checked after the stage (policy stages)."})
     pairs: str | None = field(default=None, metadata={"help": "Pairs file for dpo/kto/reward, or 'collect'."})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value overrides of the recipe."})
+    launch: distributed.LaunchSpec = field(default_factory=distributed.LaunchSpec, metadata={
+        "help": "Run the stage under a launcher: {processes: N, config: accelerate.yaml} or {engine: ray, workers: N}."})
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -108,6 +110,7 @@ class Pipeline:
 
         self.eval_recipe = load_recipe(recipe.eval.recipe, EvalRecipe, self._common(recipe.eval.overrides))
         for spec in self.specs:  # load every recipe now: a typo fails before any training starts
+            distributed.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
             if spec.gate:
                 load_recipe(spec.gate, GateRecipe)
@@ -181,7 +184,8 @@ class Pipeline:
                 try:
                     from alignkit import stage
 
-                    run = stage.run(st, stage_recipe)
+                    run = (stage.run(st, stage_recipe) if spec.launch.kind is None  # this process
+                           else distributed.run_launched(st, stage_recipe, spec.launch))  # N, rank 0 reports
                 except TrainingFailed as e:
                     self._promote(passed)
                     return 1, f"{spec.stage} failed: {e}"

@@ -114,6 +114,11 @@ def run(stage: Stage, recipe: Any) -> runs.Run:
     args.output_dir, args.run_name = str(opened.run.path / "checkpoints"), opened.run.id
     with guard(opened):
         ctx = Context(stage, recipe, tokenizer, data, args, opened, parent)
+        # The new LoRA's random init is drawn in build_trainer, before the Trainer seeds: seed here, so it is
+        # args.seed's on every rank and in a 1-process run alike, whatever else each process drew before
+        from transformers import set_seed
+
+        set_seed(args.seed)
         # every rank builds its trainer; if one cannot, all stop here rather than wait in the first all-reduce
         trainer = distributed.every_rank(lambda: distributed.prepare_trainer(stage.build_trainer(ctx)))
         ctx.trainer, ctx.args = trainer, trainer.args
