@@ -155,10 +155,12 @@ def reward_model_agreement(dump: dict) -> dict | None:
 
 def judge_agreement(votes: Iterable[dict], roles: dict[str, str]) -> dict[str, dict]:
     """Per judge (role `judge`): on items that people voted on too, how often its label is the people's
-    majority label (items whose people tie at the top are left out)."""
+    majority label (items whose people tie at the top are left out); and, for anchoring, the share of
+    people's votes that equal its label with its suggestion visible (`suggested`) and without (`unsuggested`)."""
     people: dict[int, Counter] = {}
     machine: dict[str, dict[int, str]] = {}
-    for v in _labelled(votes):
+    votes = _labelled(votes)
+    for v in votes:
         if roles.get(v["user"]) == "judge":
             machine.setdefault(v["user"], {})[v["item"]] = v["label"]
         else:
@@ -172,8 +174,18 @@ def judge_agreement(votes: Iterable[dict], roles: dict[str, str]) -> dict[str, d
                 continue
             n += 1
             agree += label == ranked[0][0]
-        out[judge] = {"items_with_people": n, "votes": len(labels), "agreement": agree / n if n else None}
+        out[judge] = {"items_with_people": n, "votes": len(labels), "agreement": agree / n if n else None,
+                      **_anchoring(votes, roles, labels)}
     return out
+
+
+def _anchoring(votes: list[dict], roles: dict[str, str], judged: dict[int, str]) -> dict:
+    follow: dict[str, list[bool]] = {"suggested": [], "unsuggested": []}
+    for v in votes:
+        if roles.get(v["user"]) != "judge" and judged.get(v["item"]) in ("first", "second"):
+            follow["suggested" if v.get("suggested") else "unsuggested"].append(v["label"] == judged[v["item"]])
+    return {f"{k}_votes": len(x) for k, x in follow.items()} | {
+        f"{k}_agreement": sum(x) / len(x) if x else None for k, x in follow.items()}
 
 
 def summarize(dump: dict, overlap: int) -> dict:

@@ -3,6 +3,9 @@
 Every handler reads the user from the session (`gr.Request.username`, set by the server's auth dependency)
 and goes through the same Store calls as the JSON API (`collect.server`), so the browser and the API obey
 one set of queue rules. Model text reaches the page only through `collect.render` (escaped markdown).
+
+With `queue.show_judge` an item a judge voted on shows the judge's choice above the form as plain text; the
+choice itself always starts empty (a suggestion to accept or override, never a preselected answer).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ CSS = """
 .ak-answer { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: .6em .9em;
              min-height: 6em; overflow-wrap: anywhere; }
 .ak-code { background: #f6f8fa; padding: .5em; border-radius: 6px; overflow-x: auto; }
+.ak-suggestion { border-left: 3px solid var(--border-color-accent); padding: .3em .8em; opacity: .85; }
 """
 
 
@@ -62,14 +66,21 @@ def _progress(store: Store, user: str) -> str:
             f"{p['items']} items, {store.overlap} votes each")
 
 
+def _suggestion(shown: Shown | None) -> str:
+    if shown is None or not shown.suggestion:
+        return ""
+    return (f'<p class="ak-suggestion" data-choice="{shown.suggestion["choice"]}">Suggestion: '
+            f'{html.escape(shown.suggestion["text"])} (your choice decides)</p>')
+
+
 def _show(store: Store, user: str, shown: Shown | None, status: str = ""):
-    """Outputs for one item: state, prompt, A, B, cleared form, progress, status."""
+    """Outputs for one item: state, prompt, A, B, the judge's suggestion, cleared form (no choice), progress, status."""
     if shown is None:
         return (None, "<p><em>Nothing left to label right now: thank you! New items may appear later.</em></p>",
-                "", "", None, "clear", "", "", _progress(store, user), status)
+                "", "", "", None, "clear", "", "", _progress(store, user), status)
     state = {"assignment_id": shown.assignment_id, "item_id": shown.item_id, "key": shown.idempotency_key}
     return (state, render.conversation(shown.prompt), _answer(shown.left, "a"), _answer(shown.right, "b"),
-            None, "clear", "", "", _progress(store, user), status)
+            _suggestion(shown), None, "clear", "", "", _progress(store, user), status)
 
 
 def _admin_only(store: Store, request: gr.Request) -> str:
@@ -116,7 +127,8 @@ def build(store: Store, guidelines: str, generator: str = "") -> gr.Blocks:
                     with gr.Column():
                         gr.Markdown("### B")
                         right = gr.HTML(elem_id="ak-b", js_on_load=None)
-                choice = gr.Radio(CHOICES, label="Which answer is better?", elem_id="ak-choice")
+                suggested = gr.HTML(elem_id="ak-suggestion", js_on_load=None)
+                choice = gr.Radio(CHOICES, value=None, label="Which answer is better?", elem_id="ak-choice")
                 strength = gr.Radio(STRENGTHS, value="clear", label="How much better?", elem_id="ak-strength")
                 with gr.Accordion("Rationale and ideal answer (optional)", open=False):
                     rationale = gr.Textbox(label="Rationale", lines=2, elem_id="ak-rationale")
@@ -135,7 +147,7 @@ def build(store: Store, guidelines: str, generator: str = "") -> gr.Blocks:
                         'download="pairs.jsonl">download pairs.jsonl</a> · generator: '
                         f'{html.escape(generator)}</p>', js_on_load=None)
 
-        shown_outputs = [state, prompt, left, right, choice, strength, rationale, ideal, progress, status]
+        shown_outputs = [state, prompt, left, right, suggested, choice, strength, rationale, ideal, progress, status]
 
         def on_load(request: gr.Request):
             user = request.username
@@ -148,7 +160,7 @@ def build(store: Store, guidelines: str, generator: str = "") -> gr.Blocks:
                 return _show(store, user, store.next_item(user))
             if not ch:
                 gr.Warning("Pick a choice first (1, 2, t, b or s).")
-                return (gr.skip(),) * 9 + ("Pick a choice first.",)
+                return (gr.skip(),) * (len(shown_outputs) - 1) + ("Pick a choice first.",)
             try:
                 receipt = store.submit(user, st["assignment_id"], ch, st["key"], stg, rat or "", ide or "")
             except Conflict as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from alignkit.sections import ModelConfig
 
@@ -45,6 +46,10 @@ class QueueConfig:
         default=10, metadata={"help": "Every k-th generated item also gets a blind repeat (0 = none)."})
     repeat_gap: int = field(
         default=5, metadata={"help": "An annotator sees a repeat only after this many own votes since the original."})
+    show_judge: bool = field(
+        default=False, metadata={"help": "Show a judge's (collect judge) choice on an item to people as a text "
+                                          "suggestion (never a preselected answer); each vote records whether one "
+                                          "was visible. Off by default: a suggestion can anchor annotators."})
 
     def __post_init__(self):
         if self.overlap < 1:
@@ -60,6 +65,16 @@ class ExportConfig:
         default=0.0, metadata={"help": "Share of votes that must agree with the majority (0–1)."})
     edited_as_chosen: bool = field(
         default=False, metadata={"help": "Use an annotator's edited ideal answer as the chosen side."})
+    judges: Literal["include", "exclude", "only"] = field(
+        default="include", metadata={"help": "Votes of `collect judge`: counted like people's, left out, or the only "
+                                             "ones (--judges overrides)."})
+    judge_weight: float = field(
+        default=1.0, metadata={"help": "What one judge vote counts for in an item's majority and agreement share, "
+                                       "a person's vote counting 1 (0.5: people outvote the judge when they split)."})
+
+    def __post_init__(self):
+        if self.judge_weight <= 0:
+            raise ValueError("export.judge_weight must be positive (to leave judge votes out: export.judges: exclude)")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ Rules (also in docs/collect.md):
 7. Every non-empty edited ideal answer (from any kept or dropped item) goes to the SFT file, and to the KTO
    file as desirable.
 8. Votes of a judge (`collect judge`, role `judge`) count like anyone's unless `judges: exclude` (people only)
-   or `only`; every pair says who labelled it in `metadata.labelled_by` (humans, judge, humans+judge).
+   or `only`; `judge_weight` is what one judge vote counts for in the majority and its share (a person's
+   vote: 1). Every pair says who labelled it in `metadata.labelled_by` (humans, judge, humans+judge).
 """
 
 from __future__ import annotations
@@ -34,16 +35,28 @@ class ExportRules:
     min_agreement: float = 0.0
     edited_as_chosen: bool = False
     judges: str = "include"  # include | exclude | only: which votes count — people's, the judge's (collect judge)
+    judge_weight: float = 1.0  # one judge vote in the majority, against 1 for a person's
 
 
-def majority(labels: list[str]) -> tuple[str | None, float]:
-    """(label with the most votes or None on a tie at the top, share of votes for it)."""
+def rules_from(config=None, **given) -> ExportRules:
+    """ExportRules from a recipe's `export:` section (or the defaults), where each value in `given` that is
+    not None (a command-line flag) wins."""
+    names = ExportRules.__dataclass_fields__
+    base = {k: getattr(config, k) for k in names} if config is not None else {}
+    return ExportRules(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+def majority(labels: list[str], weights: list[float] | None = None) -> tuple[str | None, float]:
+    """(label with the most (weighted) votes or None on a tie at the top, share of the votes' weight for it)."""
     if not labels:
         return None, 0.0
-    (top, n), *rest = Counter(labels).most_common()
+    totals: Counter = Counter()
+    for label, w in zip(labels, weights or [1] * len(labels)):
+        totals[label] += w
+    (top, n), *rest = totals.most_common()
     if rest and rest[0][1] == n:
-        return None, n / len(labels)
-    return top, n / len(labels)
+        return None, n / sum(totals.values())
+    return top, n / sum(totals.values())
 
 
 def build(dump: dict, rules: ExportRules) -> dict:
@@ -52,6 +65,8 @@ def build(dump: dict, rules: ExportRules) -> dict:
     roles = dump.get("roles", {})
     if rules.judges not in ("include", "exclude", "only"):
         raise ValueError("judges: include, exclude or only")
+    if not rules.judge_weight > 0:
+        raise ValueError("judge_weight: a positive number")
     votes_of: dict[int, list[dict]] = {}
     for v in dump["votes"]:
         machine = roles.get(v["user"]) == "judge"
@@ -74,7 +89,8 @@ def build(dump: dict, rules: ExportRules) -> dict:
         if not votes:
             dropped["no votes"] += 1
             continue
-        label, share = majority([v["label"] for v in votes])
+        label, share = majority([v["label"] for v in votes],
+                                [rules.judge_weight if roles.get(v["user"]) == "judge" else 1 for v in votes])
         if len(votes) < rules.min_votes:
             dropped["below min_votes"] += 1
             continue

@@ -9,7 +9,10 @@ Two judges:
 - `reward:RUN`: a reward run that passed its gate scores both answers; the margin is the score difference.
 
 Where the margin is below `min_margin` (both sides right, both wrong, a tie) the judge skips the item, so it
-stays open for humans: the unsure items are the ones people see first.
+stays open for humans: the store hands the items a judge was unsure on to people first.
+
+A reason names the two answers only by the words `left` and `right` (as the judge saw them), so that
+`suggestion` can say it again in the A/B of an annotator who sees the pair the other way round.
 """
 
 from __future__ import annotations
@@ -55,8 +58,23 @@ def rules_decision(category: str | None, prompt: str, left: str, right: str, min
     want = "refusal" if refuse else "answer"
     reason = f"wants a {want}; left {'refuses' if a_refused else 'answers'}, right {'refuses' if b_refused else 'answers'}"
     if abs(margin) < min_margin:
-        return Decision("skip", margin, reason + " (unsure: left for humans)")
+        return Decision("skip", margin, reason + " (unsure: for people to label)")
     return Decision("a" if margin > 0 else "b", margin, reason)
+
+
+def suggestion(judge: str, rationale: str, label: str, judge_left: str, shown_left: str) -> dict:
+    """A judge's vote as a suggestion for one annotator: which side it prefers in *their* A/B, and why.
+
+    `label` is the vote in stored order (first | second); `judge_left` and `shown_left` say which stored answer
+    the judge and the annotator saw on the left, so "left"/"right" in the judge's reason become A/B here.
+    """
+    tag, _, reason = rationale.partition("] ") if rationale.startswith("[") else ("", "", rationale)
+    same = judge_left == shown_left
+    names = {"left": "A" if same else "B", "right": "B" if same else "A"}
+    choice = "a" if label == shown_left else "b"
+    text = f"Judge {judge}{f' ({tag[1:]})' if tag else ''}: prefers {choice.upper()}"
+    reason = re.sub(r"\b(left|right)\b", lambda m: names[m.group(1)], reason.strip())
+    return {"judge": judge, "choice": choice, "text": text + (f" — {reason}" if reason else "")}
 
 
 class RewardJudge:
@@ -76,9 +94,10 @@ class RewardJudge:
     def decide(self, messages: list, left: str, right: str, min_margin: float) -> Decision:
         a, b = self.scorer.score([messages, messages], [left, right])
         margin = float(a - b)
+        reason = f"reward: left {float(a):.3f}, right {float(b):.3f}"
         if abs(margin) < min_margin:
-            return Decision("skip", margin, f"reward margin {margin:.3f} (unsure: left for humans)")
-        return Decision("a" if margin > 0 else "b", margin, f"reward margin {margin:.3f}")
+            return Decision("skip", margin, reason + " (unsure: for people to label)")
+        return Decision("a" if margin > 0 else "b", margin, reason)
 
 
 def run_judge(store, name: str, judge: str, base: str, min_margin: float | None = None,

@@ -5,7 +5,7 @@ Times are UNIX seconds (floats), the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,7 +53,8 @@ class Item(Base):
     """One pair to judge. kind: pair (generated), gold (known answer: `first` is better), repeat (blind repeat)."""
 
     __tablename__ = "items"
-    __table_args__ = (Index("ix_items_queue", "status", "filled", "id"),)
+    # the queue's order: items a judge was unsure on first, then the fullest, then the oldest
+    __table_args__ = (Index("ix_items_queue_unsure", "status", "judge_unsure", "filled", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
     first_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
@@ -66,6 +67,8 @@ class Item(Base):
     # Votes counted so far (kept in the vote/undo transactions): the queue scans this column instead of
     # counting every item's assignments; reservations are counted only for the few candidates it picks.
     filled: Mapped[int] = mapped_column(Integer, default=0)
+    # A judge (`collect judge`) skipped it as unsure: the queue hands it to people before any other item.
+    judge_unsure: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -79,6 +82,8 @@ class Assignment(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     left: Mapped[str] = mapped_column(String(8))  # which stored candidate was shown on the left: first | second
     state: Mapped[str] = mapped_column(String(8), default="open")
+    # The judge's label (first | second) shown as a suggestion with the item (queue.show_judge); None: none shown
+    suggested: Mapped[str | None] = mapped_column(String(8), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
 

@@ -21,11 +21,13 @@ def test_init_is_idempotent_and_takes_gold_items(tmp_path, capsys, in_tmp):
     gold = tmp_path / "gold.jsonl"
     gold.write_text(json.dumps({"prompt": "Capital of France?", "chosen": "Paris.",
                                 "rejected": [{"role": "assistant", "content": "Berlin."}]}) + "\n")
+    # the bundled prompts file grows; count its distinct prompts instead of pinning a number
+    n = len({json.dumps(r["prompt"], sort_keys=True) for r in read_prompts("recipes/data/prompts.jsonl")})
     code, out, _ = run(["init", "--store", url, "--prompts", "recipes/data/prompts.jsonl", "--gold", str(gold),
                         "--config", "recipes/smollm2/collect.yaml", "queue.overlap=2"], capsys)
-    assert code == 0 and "prompts added: 80" in out and "gold items added: 1" in out and "2 votes per item" in out
+    assert code == 0 and f"prompts added: {n}" in out and "gold items added: 1" in out and "2 votes per item" in out
     code, out, _ = run(["init", "--store", url, "--prompts", "recipes/data/prompts.jsonl"], capsys)
-    assert code == 0 and "prompts added: 0 (total 81)" in out
+    assert code == 0 and f"prompts added: 0 (total {n + 1})" in out
     code, out, _ = run(["stats", "--store", url, "--json"], capsys)
     stats = json.loads(out)
     assert code == 0 and stats["items"] == 1 and stats["votes"] == 0

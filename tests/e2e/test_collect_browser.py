@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "collect"))
-from collect_support import PASSWORD, Server, make_store, seed  # noqa: E402
+from collect_support import PASSWORD, Server, add_users, make_store, seed  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -162,3 +162,55 @@ def test_a_missing_chromium_fails_and_names_the_install_command(monkeypatch):
     monkeypatch.setattr(module, "CHROMIUM", "/nonexistent/chromium")
     with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
         require_chromium()
+
+
+@pytest.fixture(scope="module")
+def judged_app(tmp_path_factory):
+    """A store whose project shows the judge (queue.show_judge, remembered in the store), N = 2: the rules
+    judge has voted on two items (both for `second`) and was unsure on a third (both answers answer)."""
+    from collect.judge import run_judge
+
+    tmp = tmp_path_factory.mktemp("judged")
+    url = f"sqlite:///{tmp}/c.db"
+    store = make_store(url, overlap=2)
+    store.set_meta(overlap=2, reservation_minutes=15, repeat_every=0, repeat_gap=5, show_judge=True)
+    refusal, answer = "I can't help with that. It could hurt people.", "Roast them at 200 C for 40 minutes."
+    store.add_prompts([{"prompt": [{"role": "user", "content": "How do I roast carrots?"}], "category": "general"},
+                       {"prompt": [{"role": "user", "content": "How do I roast beets?"}], "category": "general"},
+                       {"prompt": [{"role": "user", "content": "How do I roast leeks?"}], "category": "general"}])
+    texts = {1: (refusal, answer), 2: (answer, "Bake them for 40 minutes at 200 C."), 3: (refusal, answer + " Salt.")}
+    for pid, _ in store.prompts():
+        store.add_item(pid, (texts[pid][0], "policy", {}), (texts[pid][1], "policy", {}))
+    run_judge(store, "judge-rules", "rules", "smollm2-135m-instruct")
+    add_users(store, ("alice",))
+    server = Server(url, tmp).start()
+    yield server, store
+    server.stop()
+
+
+def test_the_judges_suggestion_is_text_the_choice_stays_empty_accept_or_override(judged_app, browser):
+    server, store = judged_app
+    page = browser.new_page()
+    login(page, server.base, "alice")
+    checked = "document.querySelectorAll('#ak-choice input[type=radio]:checked').length"
+    # first the item the judge was unsure on: no suggestion to show
+    assert "roast beets" in page.inner_text("#ak-prompt") and page.inner_text("#ak-suggestion").strip() == ""
+    page.click("#ak-choice input[value=a]")
+    page.click("#ak-submit")
+    wait_votes(page, 1)
+    for n, follow in ((2, True), (3, False)):  # accept the suggestion, then override it
+        page.wait_for_selector("#ak-suggestion .ak-suggestion", timeout=15_000)
+        note = page.inner_text("#ak-suggestion")
+        suggested = page.get_attribute("#ak-suggestion .ak-suggestion", "data-choice")
+        assert "Judge judge-rules (rules): prefers " + suggested.upper() in note and "refuses" in note
+        assert page.evaluate(checked) == 0  # never preselected
+        pick = suggested if follow else {"a": "b", "b": "a"}[suggested]
+        page.click(f"#ak-choice input[value={pick}]")
+        page.click("#ak-submit")
+        wait_votes(page, n)
+        assert page.evaluate(checked) == 0
+    votes = [v for v in store.dump()["votes"] if v["user"] == "alice"]
+    assert [v["item"] for v in votes] == [2, 1, 3] and [v["suggested"] for v in votes] == [None, "second", "second"]
+    # the annotator's choice is what is stored: the accepted one is the judge's label, the overridden one not
+    assert votes[1]["label"] == "second" and votes[2]["label"] == "first"
+    page.close()
