@@ -67,6 +67,16 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _section(factory, help_: str):
+    """A recipe section (a dataclass, or a factory of one) with its help text."""
+    return field(default_factory=factory, metadata={"help": help_})
+
+
+def _passthrough(help_: str, keys):
+    """A section handed verbatim to a library's config (peft, TRL); `keys` names what it accepts."""
+    return field(default_factory=dict, metadata={"help": help_, "passthrough": keys})
+
+
 def _pairs_data(help_: str):
     """The same pairs and split for both recipes: the prompts the reward model was gated on (val/test) never
     become RLHF training prompts."""
@@ -97,14 +107,12 @@ class RewardModelConfig:
 
 @dataclass(frozen=True)
 class RewardRecipe:
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={
-        "help": "Base model; model.adapter (optional) is an SFT adapter merged in before the reward head is trained."})
-    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig fields (r, alpha, dropout, "
-                                                       "target_modules …)", "passthrough": lora_keys})
+    model: ModelConfig = _section(ModelConfig, "Base model; model.adapter (optional) is an SFT adapter merged in "
+                                               "before the reward head is trained.")
+    lora: dict = _passthrough("peft LoraConfig fields (r, alpha, dropout, target_modules …)", lora_keys)
     data: DataConfig = _pairs_data("Preference pairs and curation; val+test pairs are the held-out set.")
-    reward: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "Gate and held-out metrics."})
-    train: dict = field(default_factory=dict, metadata={"help": "TRL RewardConfig fields, verbatim.",
-                                                        "passthrough": trl_keys("RewardConfig")})
+    reward: RewardModelConfig = _section(RewardModelConfig, "Gate and held-out metrics.")
+    train: dict = _passthrough("TRL RewardConfig fields, verbatim.", trl_keys("RewardConfig"))
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -149,16 +157,14 @@ class RLHFConfig:
 
 @dataclass(frozen=True)
 class RLHFRecipe:
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={
-        "help": "Base model; model.adapter is the SFT adapter the policy starts from (and the KL reference)."})
-    lora: dict = field(default_factory=dict, metadata={"help": "peft LoraConfig fields, used only without "
-                                                       "model.adapter", "passthrough": lora_keys})
+    model: ModelConfig = _section(ModelConfig, "Base model; model.adapter is the SFT adapter the policy starts from "
+                                               "(and the KL reference).")
+    lora: dict = _passthrough("peft LoraConfig fields, used only without model.adapter", lora_keys)
     data: DataConfig = _pairs_data("Prompts: a pairs file (its train-split prompts) or a prompts file "
                                    "({\"prompt\": …} per line).")
-    reward: RewardSource = field(default_factory=lambda: RewardSource(model="runs/demo/reward"),
-                                 metadata={"help": "The reward: a gated reward model, or a function."})
-    rlhf: RLHFConfig = field(default_factory=RLHFConfig, metadata={"help": "Algorithm and reward-hacking bounds."})
-    train: dict = field(default_factory=dict, metadata={"help": "TRL RLOOConfig (or GRPOConfig) fields, verbatim.",
-                                                        "passthrough": rlhf_train_keys})
+    reward: RewardSource = _section(lambda: RewardSource(model="runs/demo/reward"),
+                                    "The reward: a gated reward model, or a function.")
+    rlhf: RLHFConfig = _section(RLHFConfig, "Algorithm and reward-hacking bounds.")
+    train: dict = _passthrough("TRL RLOOConfig (or GRPOConfig) fields, verbatim.", rlhf_train_keys)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
