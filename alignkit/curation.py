@@ -72,21 +72,79 @@ def hash_split(items: Sequence[T], key: Callable[[T], str], val_fraction: float,
     return splits
 
 
+# A text shorter than this many words is contaminated only by an identical one: shorter phrases recur by chance.
+MIN_CONTAINED = 5
+
+
+def _segments(text: str | Sequence[str]) -> list[list[str]]:
+    """The normalized words of a text, or of each part of one given as parts (no n-gram spans two parts)."""
+    parts = [text] if isinstance(text, str) else list(text)
+    return [words for words in (normalize(t).split() for t in parts) if words]
+
+
 def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
-    """Word n-grams of normalized text; a text shorter than n words yields itself as one gram."""
+    """Word n-grams of normalized text; a text shorter than n words (but at least MIN_CONTAINED) yields itself
+    as one gram. Comparing gram sets alone misses a short text inside a longer one: use Overlap for that."""
     words = normalize(text).split()
     if len(words) < n:
-        return {tuple(words)} if len(words) >= 8 else set()  # very short texts match too easily
+        return {tuple(words)} if len(words) >= MIN_CONTAINED else set()
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-def contaminated(items: Sequence[T], key: Callable[[T], str], references: Iterable[str],
+class Overlap:
+    """Set index of reference texts for decontamination. A text overlaps them when
+    - its normalized form (lower case, words only) equals a reference (or one part of one), at any length;
+    - it shares a word n-gram (n = 13) with a reference;
+    - it is shorter than n words (at least MIN_CONTAINED) and occurs whole, as consecutive words, in a
+      reference: every n-gram with n = min(13, its length) is a reference's; or
+    - a reference that short occurs whole in it.
+    So two texts are contaminated when they share a 13-gram or the shorter one lies inside the other.
+    A text or reference may be given as parts (e.g. the turns of a conversation): each part is matched alone."""
+
+    def __init__(self, references: Iterable[str | Sequence[str]], n: int = 13):
+        self.n = n
+        self.exact: set[tuple[str, ...]] = set()
+        self.grams: set[tuple[str, ...]] = set()
+        self.short: dict[int, set[tuple[str, ...]]] = {}  # whole short references, by length
+        self._refs: list[list[str]] = []
+        self._of_length: dict[int, set[tuple[str, ...]]] = {}  # every L-gram of the references, built on demand
+        for ref in references:
+            for words in _segments(ref):
+                self.exact.add(tuple(words))
+                if len(words) >= n:
+                    self.grams.update(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+                elif len(words) >= MIN_CONTAINED:
+                    self.short.setdefault(len(words), set()).add(tuple(words))
+                self._refs.append(words)
+
+    def _grams_of_length(self, length: int) -> set[tuple[str, ...]]:
+        if length not in self._of_length:
+            self._of_length[length] = {tuple(w[i:i + length]) for w in self._refs for i in range(len(w) - length + 1)}
+        return self._of_length[length]
+
+    def hits(self, text: str | Sequence[str]) -> bool:
+        """Whether the text (or any of its parts) overlaps a reference."""
+        n = self.n
+        for words in _segments(text):
+            if tuple(words) in self.exact:
+                return True
+            if len(words) >= n and not self.grams.isdisjoint(tuple(words[i:i + n]) for i in range(len(words) - n + 1)):
+                return True
+            for length, whole in self.short.items():
+                if length < len(words) and not whole.isdisjoint(
+                        tuple(words[i:i + length]) for i in range(len(words) - length + 1)):
+                    return True
+            if MIN_CONTAINED <= len(words) < n and tuple(words) in self._grams_of_length(len(words)):
+                return True
+        return False
+
+
+def contaminated(items: Sequence[T], key: Callable[[T], str | Sequence[str]], references: Iterable[str | Sequence[str]],
                  n: int = 13) -> list[int]:
-    """Indices of records that share an n-gram with any reference text (eval prompts, answers)."""
-    grams: set[tuple[str, ...]] = set()
-    for ref in references:
-        grams |= ngrams(ref, n)
-    return [i for i, item in enumerate(items) if ngrams(key(item), n) & grams]
+    """Indices of records that overlap any reference text (eval prompts, answers): a shared n-gram, an identical
+    normalized text, or the shorter of the two (≥ MIN_CONTAINED words) contained in the other (see Overlap)."""
+    index = Overlap(references, n)
+    return [i for i, item in enumerate(items) if index.hits(key(item))]
 
 
 # Texts training data must not share a 13-gram with: the top floor (cli, pipeline) registers the eval suites'
@@ -108,8 +166,9 @@ def reference_texts() -> list[str]:
 def curate(items: list[T], cfg, report: dict, *, text: Callable[[T], str],
            fit: Callable[[list[T], dict], list[T]], references: Sequence[str] | None = None) -> list[T]:
     """The curation steps of a recipe's `data:` section, each counted in `report`: exact dedup → near dedup →
-    `fit` (the caller's length filter, which counts its own drops) → 13-gram decontamination (counted always,
-    dropped with data.decontaminate). `references` default to the registered ones."""
+    `fit` (the caller's length filter, which counts its own drops) → decontamination against the references
+    (Overlap: a shared 13-gram, an identical or a contained short text; counted always, dropped with
+    data.decontaminate). `references` default to the registered ones."""
     if cfg.dedup:
         items, report["exact_duplicates"] = exact_dedup(items, text)
     if cfg.near_dedup:

@@ -221,19 +221,32 @@ def uplift(results: dict[str, dict]) -> dict:
     return out
 
 
-def _suite_texts(suite: Suite) -> list[tuple[str, str]]:
-    out = []
+def _suite_texts(suite: Suite) -> list[tuple[str, str | list[str]]]:
+    """(id, text) per item; an MC item is its question alone and with its choices, so a short question found
+    inside the training data counts."""
+    out: list[tuple[str, str | list[str]]] = []
     for it in suite.items:
         if "prompt" in it:
             text = it["prompt"]
         elif "question" in it:
-            text = it["question"] + " " + " ".join(it["choices"])
+            text = [it["question"], it["question"] + " " + " ".join(it["choices"])]
         elif "text" in it:
             text = it["text"]
         else:
             text = " ".join(m["content"] for m in it["messages"]) + " " + it["reference"]
         out.append((it["id"], text))
     return out
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a record (any shape: SFT, pairs, KTO), one per field or turn."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if k != "role" for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _train_files(data: dict) -> list[str]:
@@ -243,8 +256,9 @@ def _train_files(data: dict) -> list[str]:
 
 
 def decontamination(recipe: EvalRecipe, adapter: str | None, suites: list[Suite]) -> dict:
-    """Items of every suite that share a 13-gram with the training data (recipe list, else the adapter run's)."""
-    from alignkit.data import read_records, record_text
+    """Items of every suite that overlap the training data (recipe list, else the adapter run's): a shared 13-gram,
+    a text identical to a training turn, or a short one (under 13 words) found whole inside one (curation.Overlap)."""
+    from alignkit.data import read_records
 
     files = [str(f) for f in recipe.decontamination]
     if not files and adapter:  # the data the adapter's run trained on
@@ -258,12 +272,9 @@ def decontamination(recipe: EvalRecipe, adapter: str | None, suites: list[Suite]
                 files = _train_files((yaml.safe_load(Path(s.source).read_text()) or {}).get("data") or {})
     if not files:
         return {"train_files": [], "note": "no training data known (set decontamination: [files])", "suites": {}}
-    grams: set = set()
-    for f in files:  # SFT conversations, preference pairs or KTO rows alike
-        for record in read_records(f):
-            grams |= curation.ngrams(record_text(record.data))
+    index = curation.Overlap(_strings(record.data) for f in files for record in read_records(f))
     out = {}
-    for suite in suites:
-        hits = [i for i, text in _suite_texts(suite) if curation.ngrams(text) & grams]
+    for suite in suites:  # SFT conversations, preference pairs or KTO rows alike, each turn matched alone
+        hits = [i for i, text in _suite_texts(suite) if index.hits(text)]
         out[suite.name] = {"items": len(suite.items), "contaminated": len(hits), "ids": hits[:50]}
     return {"train_files": files, "n": 13, "suites": out}

@@ -42,9 +42,44 @@ def test_split_depends_on_salt():
 
 def test_13gram_contamination():
     ref = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
-    items = ["prefix " + ref[:-9] + " and more", "one two three four five six seven eight nine ten eleven twelve"]
+    items = ["prefix " + ref[:-9] + " and more",
+             "one two three four five six seven eight nine ten eleven twelve and more"]
     # item 0 holds "one … thirteen" (13 words); item 1 has only 12 of them in a row
     assert curation.contaminated(items, str, [ref]) == [0]
+
+
+TRAIN_TURNS = ["You are a helpful assistant.", "How do I fillet a fish?",
+               "Quick question before dinner: how do I fillet a fish, and which knife should I use for it?",
+               "Cut behind the gills down to the backbone, then run a flexible knife along the spine."]
+
+
+def test_a_short_eval_prompt_identical_to_a_training_prompt_is_contaminated():
+    """6 words: the old check turned a text under 13 words into one whole-text gram (none under 8), which never
+    matched a 13-gram, so an eval prompt identical to a training prompt counted as clean. Case and punctuation
+    do not count."""
+    assert curation.contaminated(["how do I FILLET a fish"], str, ["How do I fillet a fish?"]) == [0]
+    assert curation.contaminated(["How do I fillet a fish?"], str, [TRAIN_TURNS]) == [0]  # one turn of a record
+
+
+def test_a_short_eval_prompt_inside_a_longer_training_turn_is_contaminated():
+    """Every 6-gram of the 6-word prompt (the prompt itself) occurs in the 18-word user turn."""
+    assert curation.contaminated(["How do I fillet a fish?"], str, [TRAIN_TURNS[2]]) == [0]
+    # either way round: a short eval prompt inside a training record (what `data check` counts) is caught too
+    assert curation.contaminated([" ".join(TRAIN_TURNS)], str, ["Which knife should I use for it?"]) == [0]
+
+
+def test_an_unrelated_or_merely_similar_short_prompt_is_clean():
+    items = ["How do I bake sourdough bread?", "How do I fillet a salmon?", "How do I gut a fish?"]
+    assert curation.contaminated(items, str, [TRAIN_TURNS]) == []
+    # words are matched in a row and within one turn: no gram spans two turns of a record
+    assert curation.contaminated(["assistant how do i fillet"], str, [TRAIN_TURNS]) == []
+
+
+def test_very_short_texts_only_match_when_identical():
+    """Under MIN_CONTAINED words a phrase recurs by chance: "a flexible knife" is inside a turn but is no turn."""
+    assert curation.MIN_CONTAINED == 5
+    assert curation.contaminated(["fillet a fish?", "Fillet a fish"], str, [TRAIN_TURNS + ["Fillet a fish!"]]) == [0, 1]
+    assert curation.contaminated(["a flexible knife"], str, [TRAIN_TURNS]) == []
 
 
 def test_percentiles_nearest_rank():
