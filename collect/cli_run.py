@@ -82,7 +82,7 @@ def cmd_generate(args) -> int:
     """The worker's generation in batch mode: every prompt gets its pairs, then exit (the pipeline's round)."""
     from alignkit.entry import quiet_libraries
     from collect.config import CollectRecipe
-    from collect.worker import Worker, load_generators
+    from collect.round import fill
 
     quiet_libraries()
     recipe = recipe_of(args) or CollectRecipe()
@@ -91,15 +91,9 @@ def cmd_generate(args) -> int:
     if prompts < max(args.min_prompts, 1):
         raise UserError(f"store {store.url}: {prompts} prompt(s), the round needs at least {max(args.min_prompts, 1)} "
                         "(alignkit collect init --prompts FILE adds them)")
-    adapter = args.adapter or recipe.model.adapter
-    worker = Worker(store, recipe.generation, lambda: load_generators(recipe.model, adapter, recipe.generation))
-    before, batches = store.item_count(), 0
-    while worker.todo():
-        worker.step(force=True)
-        batches += 1
-        print(f"generate: batch {batches}, {store.item_count() - before} pairs so far", flush=True)
+    made = fill(store, recipe, args.adapter or recipe.model.adapter, log=lambda line: print(line, flush=True))
     ready = sum(store.ready_counts().values())
-    print(f"generate: {store.item_count() - before} new pairs ({ready} ready for voting, the rest flagged as "
+    print(f"generate: {made} new pairs ({ready} ready for voting, the rest flagged as "
           f"near-duplicates) for {prompts} prompts")
     return 0
 

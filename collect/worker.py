@@ -47,7 +47,7 @@ def load_generators(model_cfg, adapter: str | None, cfg: GenerationConfig) -> tu
     sampling = Sampling(max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
                         top_p=cfg.top_p)
     adapter = adapter or model_cfg.adapter
-    model, tok = load_policy(model_cfg, adapter)
+    model, tok = load_policy(model_cfg, adapter, merge=True)  # generation only: merged is ~1.8x faster
     policy = PolicyGenerator(f"{model_cfg.base}+{adapter}" if adapter else model_cfg.base, model, tok, sampling,
                              cfg.batch_size)
     if cfg.rival is None:
@@ -55,7 +55,7 @@ def load_generators(model_cfg, adapter: str | None, cfg: GenerationConfig) -> tu
     rival_adapter = None if cfg.rival == "base" else cfg.rival
     if rival_adapter is None and not adapter:
         return policy, policy  # the policy is the base model already
-    rmodel, rtok = load_policy(model_cfg, rival_adapter)
+    rmodel, rtok = load_policy(model_cfg, rival_adapter, merge=True)
     name = f"{model_cfg.base}+{rival_adapter}" if rival_adapter else model_cfg.base
     return policy, PolicyGenerator(name, rmodel, rtok, sampling, cfg.batch_size)
 
