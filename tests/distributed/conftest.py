@@ -18,8 +18,10 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH
 # 2 optimizer steps on a few records, logged every step; no near-dedup (MinHash on 16 records is noise). No
 # warm-up: the first step must update the weights, or step 2's loss would not depend on the gradient all-reduce.
 STEPS = ["train.max_steps=2", "train.logging_steps=1", "train.warmup_steps=0", "train.lr_scheduler_type=constant"]
+# lora.dropout=0: dropout masks are drawn per process (each rank from the same seed), so 2 x 1 and 1 x 2 would
+# drop different activations; DPO needs no such override (TRL's disable_dropout)
 SFT = ["--config", "recipes/smollm2/sft.yaml", "data.near_dedup=false", "data.val_fraction=0", *STEPS,
-       "train.gradient_accumulation_steps=1", "tracking.backend=wandb"]
+       "train.gradient_accumulation_steps=1", "lora.dropout=0", "train.bf16=false", "tracking.backend=wandb"]
 DPO = ["--config", "recipes/smollm2/dpo.yaml", "data.near_dedup=false", "data.val_fraction=0", *STEPS,
        "train.gradient_accumulation_steps=1", "train.max_length=96", "data.max_tokens=96",
        # the sigmoid loss alone: the recipe's RPO term (loss_type [sigmoid, sft]) averages tokens per rank, so

@@ -5,10 +5,10 @@ entry, one manifest with world size 2, and the same losses.
 Why the losses should agree: 2 ranks x 1 sequence see exactly the sequences one process sees in a batch of 2
 (accelerate shards one seeded sampler's batches round-robin), the SFT loss is averaged over the tokens of the
 whole global batch (average_tokens_across_devices), DPO's over the pairs, and DDP averages the gradients. What is
-left is rounding: on this CPU (AVX512-BF16) the lifecycle trains under bf16 autocast, whose 8-bit mantissa
-rounds a packed batch of 2 differently from 2 batches of 1 (and the all-reduce sums two halves, not one batch);
-SFT_PARITY is one bf16 ulp relative (2^-8). The DPO test trains in float32 (its step-2 loss moves from log 2 by
-only a few hundredths, which bf16 rounding would swamp): DPO_PARITY 1e-4. Measured gaps: docs/distributed.md.
+left is rounding, so both tests train in float32 (the lifecycle's default on this CPU is bf16 autocast, whose
+8-bit mantissa rounds a packed batch of 2 differently from 2 batches of 1; after one Adam step, which moves every
+LoRA weight by about lr x sign(gradient), that measured a 3.3e-3 relative gap at step 2), with LoRA dropout off
+for SFT (masks are drawn per process). Tolerance 1e-4 relative; measured gaps: docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 from tests.distributed.conftest import DPO, ENV, SFT, cli, losses, runs_in
 
 pytestmark = pytest.mark.slow
-# |loss(2 ranks) - loss(1 process)| / loss(1 process) per logged step (see the docstring)
-SFT_PARITY = 2 ** -8
+# |loss(2 ranks) - loss(1 process)| / loss(1 process) per logged step, float32 (see the docstring)
+SFT_PARITY = 1e-4
 DPO_PARITY = 1e-4
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
