@@ -57,7 +57,7 @@ class StageSpec:
     pairs: str | None = field(default=None, metadata={"help": "Pairs file for dpo/kto/reward, or 'collect'."})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value overrides of the recipe."})
     launch: distributed.LaunchSpec = field(default_factory=distributed.LaunchSpec, metadata={
-        "help": "Run the stage under a launcher: {processes: N, config: accelerate.yaml} or {engine: ray, workers: N}."})
+        "help": "Run the stage under a launcher: {processes: N, config: accel.yaml} or {engine: ray, workers: N}."})
 
     def __post_init__(self):
         if self.stage not in STAGES:

@@ -105,7 +105,8 @@ def main() -> None:
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     result = {"gpu": name, "model": str(args.model or "random Llama 0.6B"), "params": n_params,
               "batch": args.batch_size, "seq_len": args.seq_len, "timed_steps": len(steps) - warm,
-              "tokens_per_s": round(tokens_per_s, 1), "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+              "tokens_per_s": round(tokens_per_s, 1),
+              "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
               "mfu": round(tokens_per_s * 6 * n_params / peak, 4) if peak else None, "peak_bf16_flops": peak,
               "wall_s": round(wall, 1), "final_loss": steps[-1]["loss"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

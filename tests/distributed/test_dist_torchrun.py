@@ -44,9 +44,10 @@ def dpo_runs(small_data):
     pipeline stage with `launch: {engine: accelerate, processes: 2}` starts them (accelerate's torchrun path)."""
     one = cli("dpo", *DPO, "data.train=dpo24.jsonl", "train.per_device_train_batch_size=2", "output.dir=dpo-one",
               cwd=small_data)
+    overrides = [*DPO[2:], "data.train=dpo24.jsonl", "train.per_device_train_batch_size=1", "output.dir=dpo-two"]
     code = (f"import os; os.chdir({str(small_data)!r})\n"
             "from alignkit import distributed, recipe\nfrom preference.train import DPO\n"
-            f"r = recipe.load_recipe('recipes/smollm2/dpo.yaml', DPO.recipe, {[*DPO[2:], 'data.train=dpo24.jsonl', 'train.per_device_train_batch_size=1', 'output.dir=dpo-two']!r})\n"
+            f"r = recipe.load_recipe('recipes/smollm2/dpo.yaml', DPO.recipe, {overrides!r})\n"
             "run = distributed.run_launched(DPO, r, distributed.LaunchSpec(engine='accelerate', processes=2))\n"
             "print('pipeline got', run.id)\n")
     two = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=small_data, env=ENV,
