@@ -55,7 +55,7 @@ def open_round(url: str, recipe, prompts_file: str, n_prompts: int | None = None
     `machine`: one vote settles an item (a judge votes once), no blind repeats; otherwise the recipe's queue.
     """
     from collect.cli import read_prompts
-    from collect.store import open_store, queue_settings
+    from collect.store import apply_settings, open_store, queue_settings
 
     prompts = sample_prompts(read_prompts(prompts_file), n_prompts, seed)
     if len(prompts) < min_prompts:
@@ -64,7 +64,7 @@ def open_round(url: str, recipe, prompts_file: str, n_prompts: int | None = None
     settings = {**queue_settings(recipe), **({"overlap": 1, "repeat_every": 0} if machine else {})}
     store = open_store(url, recipe, create=True)
     store.load(prompts, [], settings)
-    store.overlap, store.repeat_every = settings["overlap"], settings["repeat_every"]
+    apply_settings(store, settings)
     return store
 
 
