@@ -1,4 +1,5 @@
-# make demo — set up .venv and run the pipeline on the embedded model (CPU, no Hub)
+# make demo — set up .venv and run the pipeline on the embedded model (CPU, no Hub); SEED=N: another seed
+#   for every stage and the collect round, in runs/demo-seedN
 # make test — set up .venv and run the test suite (all but the gpu marker)
 # make bench — run every bench/ script and collect bench/RESULTS.md
 VENV   := .venv
@@ -36,7 +37,7 @@ browser-deps:
 setup: $(STAMP) browser-deps
 
 demo: setup
-	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/alignkit pipeline --config recipes/smollm2/pipeline.yaml
+	WANDB_MODE=$${WANDB_MODE:-offline} HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(VENV)/bin/alignkit pipeline --config recipes/smollm2/pipeline.yaml $(if $(SEED),seed=$(SEED) output=runs/demo-seed$(SEED))
 
 test: setup
 	$(PY) -m pytest -m "not gpu" -rs $(PYTEST_ARGS)  # -rs: every skip and its reason in the summary

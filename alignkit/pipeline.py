@@ -28,7 +28,8 @@ WAITING_FOR_LABELS = 3  # exit code: stopped on purpose, re-run after annotators
 class CollectSource:
     store: str = field(default="sqlite:///runs/demo/collect.db",
                        metadata={"help": "The collect store URL; {parent} is replaced by the policy run's id "
-                                         "(one store per round: its items are that adapter's own answers)."})
+                                         "(one store per round: its items are that adapter's own answers), "
+                                         "{output} by the pipeline's output folder."})
     min_votes: int = field(default=1, metadata={"help": "Votes an item needs to become a pair."})
     min_pairs: int = field(default=100, metadata={"help": "Pairs needed before the stage may run."})
     annotator: str = field(default="humans", metadata={
@@ -83,6 +84,9 @@ class PipelineRecipe:
                                                                              "gate, pairs, overrides."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     promote: bool = field(default=True, metadata={"help": "Promote the last stage whose gate passed."})
+    seed: int | None = field(default=None, metadata={
+        "help": "One seed for the whole run: every stage's train.seed, the collect round's prompt draw and its "
+                "samples (generation.seed). null: each recipe's own seeds. `make demo SEED=1`."})
 
 
 def check_order(specs: list[StageSpec], source: str) -> None:
@@ -109,6 +113,8 @@ class Pipeline:
         from eval.config import EvalRecipe, GateRecipe
 
         self.eval_recipe = load_recipe(recipe.eval.recipe, EvalRecipe, self._common(recipe.eval.overrides))
+        self.collect_overrides = [*recipe.collect.overrides,  # the round's samples follow the pipeline's seed
+                                  *([f"generation.seed={recipe.seed}"] if recipe.seed is not None else [])]
         for spec in self.specs:  # load every recipe now: a typo fails before any training starts
             distributed.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
@@ -117,7 +123,7 @@ class Pipeline:
         if any(spec.pairs == "collect" for spec in self.specs):
             from collect.config import CollectRecipe
 
-            load_recipe(recipe.collect.recipe, CollectRecipe, recipe.collect.overrides)
+            load_recipe(recipe.collect.recipe, CollectRecipe, self.collect_overrides)
 
     def _common(self, overrides: list[str]) -> list[str]:
         t = self.recipe.tracking
@@ -127,7 +133,8 @@ class Pipeline:
     def _stage_recipe(self, spec: StageSpec, parent: runs.Run | None, reward: runs.Run | None, pairs: str | None):
         """The stage's recipe with the outputs of earlier stages handed over as paths."""
         st = stage_of(spec.stage)
-        recipe = load_recipe(spec.recipe, st.recipe, self._common(spec.overrides))
+        seed = [f"train.seed={self.recipe.seed}"] if self.recipe.seed is not None else []
+        recipe = load_recipe(spec.recipe, st.recipe, self._common([*spec.overrides, *seed]))
         from alignkit import stage  # the lifecycle imports transformers: not at `alignkit --help`
 
         return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
@@ -272,18 +279,19 @@ class Pipeline:
 
         src = self.recipe.collect
         name = parent.id if parent else "base"
-        url = src.store.replace("{parent}", name)
-        recipe = load_recipe(src.recipe, CollectRecipe, src.overrides)
+        url = src.store.replace("{parent}", name).replace("{output}", self.recipe.output)
+        recipe = load_recipe(src.recipe, CollectRecipe, self.collect_overrides)
+        draw_seed = src.seed if self.recipe.seed is None else self.recipe.seed
         adapter = str(parent.adapter_dir) if parent else None
         log = lambda line: print("   " + line, flush=True)  # noqa: E731
         if src.annotator != "humans":
             out = self.root / "rounds" / f"{name}.pairs.jsonl"
             print(f"== collect round: {name} answers {src.prompts or 'all'} prompts, {src.annotator} votes")
             n = run_round(url, recipe, recipe.prompts, adapter, src.annotator, out, src.prompts, src.min_prompts,
-                          src.min_margin, src.seed, log=log)
+                          src.min_margin, draw_seed, log=log)
         else:
             out = self.root / "pairs.jsonl"
-            store = open_round(url, recipe, recipe.prompts, src.prompts, src.min_prompts, src.seed, machine=False)
+            store = open_round(url, recipe, recipe.prompts, src.prompts, src.min_prompts, draw_seed, machine=False)
             n = write(store.dump(), out, ExportRules(min_votes=src.min_votes), store.overlap, dataset=False)["pairs"]
             if n < src.min_pairs:  # the annotators find the adapter's answers waiting for them
                 print(f"== collect: {name}'s candidate pairs for the annotators")

@@ -193,3 +193,23 @@ def test_a_judge_unsure_on_every_pair_is_one_clear_error_with_nothing_exported(s
     assert not list((root / "rounds").glob("*.pairs.jsonl")) and (root / "report" / "report.md").is_file()
     assert [i for i in run_ids(root) if i.startswith("dpo-")] == []
 
+
+
+def test_one_pipeline_seed_reaches_every_stage_and_the_collect_round(monkeypatch):
+    """`seed: N` (`make demo SEED=N`) is every stage's train.seed and the round's prompt draw and samples; without
+    it each recipe keeps its own (train.seed unset: the stage default, SFT_DEFAULTS' 42), so the default demo
+    is unchanged."""
+    from alignkit.pipeline import Pipeline, PipelineRecipe
+    from alignkit.recipe import load_recipe
+
+    monkeypatch.chdir(ROOT)
+    config = "recipes/smollm2/pipeline.yaml"
+    for seed, want in ((None, None), (7, 7)):
+        overrides = [] if seed is None else [f"seed={seed}", "output=runs/demo-seed7"]
+        p = Pipeline(load_recipe(config, PipelineRecipe, overrides), config)
+        seeds = [p._stage_recipe(spec, None, None, None).train.get("seed") for spec in p.specs]
+        if want is None:
+            assert seeds == [None, None] and not any(o.startswith("generation.seed") for o in p.collect_overrides)
+        else:
+            assert seeds == [7, 7] and p.collect_overrides[-1] == "generation.seed=7"
+    assert p.recipe.collect.store.replace("{output}", p.recipe.output).startswith("sqlite:///runs/demo-seed7/")
