@@ -135,12 +135,14 @@ def test_requests_joining_at_different_steps_match_generate_alone(tiny_model_dir
 
 
 def test_a_finished_or_cancelled_row_leaves_the_batch_at_once(tiny_model_dir):
-    engine = _engine(tiny_model_dir, max_wait_ms=200)  # all three start together
+    engine = _engine(tiny_model_dir, max_wait_ms=200)  # they all start together
     try:
-        short, long, gone = _job(SHORT, 3), _job(LONG, 10), _job(MATH, 10, cancel_after=4)
-        for job in (short, long, gone):
+        short, long, gone, never = _job(SHORT, 3), _job(LONG, 10), _job(MATH, 10, cancel_after=4), _job(HELLO, 5)
+        never.cancelled = True  # its client left while it waited: it never runs
+        for job in (short, long, gone, never):
             engine.submit(job)
-        _wait(engine, [short, long, gone])
+        _wait(engine, [short, long, gone, never])
+        assert never.result == {"finish_reason": "cancelled", "completion_tokens": 0, "text": "", "token_ids": []}
         assert gone.result["finish_reason"] == "cancelled" and 4 <= gone.result["completion_tokens"] < 10
         steps = [rows for rows, _ in engine.recent_steps]
         assert steps == _rows_per_step([(0, short), (0, long), (0, gone)])
