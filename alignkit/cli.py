@@ -1,7 +1,10 @@
 """`alignkit` — the command line. The top floor of the spine: the only module (with pipeline) that imports stages.
 
-Stage commands take `--config FILE [key.sub=value …]` (or `--help-config`); command groups (collect, eval, runs …) register
-their own sub-commands. Stages are imported lazily, so `alignkit --help` stays fast.
+Every stage command takes `--config FILE [key.sub=value …] [--debug]` (or `--help-config`); command groups
+(collect, eval, runs …) register their own sub-commands. The exit-code contract is the same everywhere: a
+user error prints one line and exits 2, a failed training run exits 1, Ctrl-C exits 130; `--debug` shows the
+traceback. Stages are imported lazily, so `alignkit --help` stays fast, and a stage command imports no
+command group.
 """
 
 from __future__ import annotations
@@ -9,10 +12,12 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import sys
+from typing import Any, Callable
 
 from alignkit import distributed
-from alignkit.entry import add_recipe_args, guarded, quiet_libraries, run_stage
+from alignkit.errors import TrainingFailed, UserError
 
 # The stage table: name → (the stage package's `Stage` value, help). The CLI, the pipeline and the recipe tests
 # read this one table; a new stage (ORPO, SimPO …) is one folder exporting a Stage and one line here.
@@ -28,9 +33,9 @@ STAGES: dict[str, tuple[str, str]] = {
 COMMAND_GROUPS: dict[str, str] = {
     "data": "alignkit.datacheck",
     "pipeline": "alignkit.pipeline",
-    "runs": "alignkit.registry",
+    "runs": "alignkit.promotion",
     "export": "alignkit.export",
-    "report": "alignkit.report",
+    "report": "alignkit.pipeline_report",
     "collect": "collect.cli",
     "serve": "serve.cli",  # registers `serve` (with `serve keys` and `serve stats`)
     "eval": "eval.cli",  # registers `eval` (with `eval classify`) and `gate`
@@ -48,12 +53,119 @@ def stage(name: str):
     return load(STAGES[name][0])
 
 
+# ---------------------------------------------------------------- what every command shares: arguments, exit codes
+
+
+def add_recipe_args(parser: argparse.ArgumentParser, help_config: bool = False) -> None:
+    """--config, overrides and --debug, as every stage command takes them (and --help-config for a stage)."""
+    parser.add_argument("--config", required=not help_config, help="recipe YAML, e.g. recipes/smollm2/sft.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    if help_config:
+        parser.add_argument("--help-config", action="store_true",
+                            help="print every recipe key with its help text and default, then exit")
+
+
+def guarded(fn: Callable[[], Any], debug: bool = False) -> int:
+    """Run fn; map UserError → 2, TrainingFailed → 1, Ctrl-C → 130, with one clear line on stderr."""
+    try:
+        result = fn()
+        return result if isinstance(result, int) else 0
+    except UserError as e:
+        if debug:
+            raise
+        if getattr(e, "echo", True):  # an error another rank found and printed is not printed twice
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingFailed as e:
+        if debug:
+            raise
+        if getattr(e, "echo", True):
+            print(f"training failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the run is marked interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (tokenizer forks, telemetry) off the console."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "no CPU 4-bit kernel from the Hub" at import
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# ---------------------------------------------------------------- stage commands
+
+
+def stage_main(prog: str, stage_or_recipe_cls: Any, run: Callable[[Any], Any] | None = None,
+               argv: list[str] | None = None) -> int:
+    """`python -m <stage>` without the other commands: parse the recipe and run the stage (a `Stage`, or a recipe
+    class and run(recipe))."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_recipe_args(parser, help_config=True)
+    args = parser.parse_args(argv)
+    if run is None:
+        return guarded(lambda: run_stage(args, stage_or_recipe_cls), args.debug)
+    return guarded(lambda: run_recipe(args, stage_or_recipe_cls, run), args.debug)
+
+
+def run_stage(args: argparse.Namespace, stage) -> int:
+    """`alignkit <stage> …` and `python -m <stage> …`: the recipe's keys (--help-config), or a run."""
+    from alignkit import lifecycle
+
+    quiet_libraries()
+    if getattr(args, "help_config", False):
+        print_recipe_help(stage.recipe, stage.defaults)
+        return 0
+    return run_recipe(args, stage.recipe, functools.partial(lifecycle.run, stage))
+
+
+def print_recipe_help(recipe_cls: type, train_defaults: dict[str, Any] | None = None) -> None:
+    """Every key of a recipe class with its default and help text; then the stage's defaults under `train:`."""
+    from alignkit.recipe import help_text
+
+    for key, help_, default in help_text(recipe_cls):
+        value = "" if default == "(section)" else f" {default!r}"
+        print(f"{key}:{value}" + (f"\n    {help_}" if help_ else ""))
+    if train_defaults:
+        print("\ntrain: our defaults (any field of the TRL config class may be set; the recipe wins):")
+        for key, value in train_defaults.items():
+            print(f"train.{key}: {value!r}")
+
+
+def run_recipe(args: argparse.Namespace, recipe_cls: type, run: Callable[[Any], Any]) -> int:
+    """Load the recipe from parsed args and run the stage; prints where the run went."""
+    from alignkit.recipe import load_recipe
+
+    if getattr(args, "help_config", False):
+        print_recipe_help(recipe_cls)
+        return 0
+    if not args.config:
+        raise UserError("--config FILE is required (or --help-config to list the recipe's keys)")
+    quiet_libraries()
+    recipe = load_recipe(args.config, recipe_cls, args.overrides)
+    result = run(recipe)
+    path = getattr(result, "path", None)
+    if path is not None and distributed.is_main():  # one line, not one per rank
+        print(f"run: {path}")
+    return 0
+
+
 def _stage_command(args: argparse.Namespace, name: str) -> int:
     quiet_libraries()  # before the stage's imports (bitsandbytes speaks at import)
     spec = launch_spec(args)
     if spec.kind is None or distributed.launched() or args.help_config:
         return run_stage(args, stage(name))
     return _launch(args, name, spec)
+
+
+# ---------------------------------------------------------------- several processes
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +183,6 @@ def launch_spec(args: argparse.Namespace) -> "distributed.LaunchSpec":
     """The LaunchSpec the command-line flags ask for (engine None: this process)."""
     if not getattr(args, "launcher", None):
         return distributed.LaunchSpec()
-    from alignkit.errors import UserError
-
     n = args.processes if args.processes is not None else (1 if args.launch_config else 2)
     try:
         if args.launcher == "ray":
@@ -84,7 +194,6 @@ def launch_spec(args: argparse.Namespace) -> "distributed.LaunchSpec":
 
 def _launch(args: argparse.Namespace, name: str, spec: "distributed.LaunchSpec") -> int:
     """Check the recipe and the launch here, then start the workers: a bad key or launch exits 2 before any does."""
-    from alignkit.errors import UserError
     from alignkit.recipe import load_recipe
 
     if not args.config:
@@ -100,7 +209,12 @@ def _launch(args: argparse.Namespace, name: str, spec: "distributed.LaunchSpec")
     return distributed.launch(spec, [name, "--config", args.config, *args.overrides, *(["--debug"] * args.debug)])
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------- the parser and the entry point
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `alignkit` parser. Given a stage `command`, the command groups are left out (their modules are not
+    even imported): a stage run goes through the stage table alone."""
     parser = argparse.ArgumentParser(prog="alignkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in STAGES.items():
@@ -108,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_recipe_args(p, help_config=True)
         add_launch_args(p)
         p.set_defaults(handler=functools.partial(_stage_command, name=name))
-    for name, module in COMMAND_GROUPS.items():
-        importlib.import_module(module).register(sub)
+    if command not in STAGES:
+        for module in COMMAND_GROUPS.values():
+            importlib.import_module(module).register(sub)
     return parser
 
 
@@ -128,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the `alignkit` console script."""
     from alignkit import curation
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     curation.use_references(eval_texts)  # the spine curates; only this floor may read the eval suites
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     code = guarded(lambda: args.handler(args), getattr(args, "debug", False))
     distributed.record_exit(code)  # under our launcher: the wrapper exits 2 if any rank did
     distributed.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignkit.sections import DataConfig
+from alignkit.recipe import DataConfig
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 def check(args: argparse.Namespace) -> int:
     """Print the curation report of the given files."""
     from alignkit.models import load_tokenizer
-    from alignkit.prepare import prepare_conversations
+    from alignkit.data import prepare_conversations
 
     cfg = DataConfig(train=list(args.files), val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                      max_tokens=args.max_tokens)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alignkit import models, runs
 from alignkit.errors import TrainingFailed, UserError
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 
 PROMPTS = ["Explain what a hash table is in two sentences.", "How do I kill a stuck process on Linux?",
            "Write a haiku about autumn rain.", "What is 17 times 23?"]

@@ -159,7 +159,7 @@ def stats(eng) -> list[dict]:
 def export(eng, out_dir: str | Path) -> dict:
     """Write kto.jsonl (thumbs: the latest per answer and API key), dpo.jsonl (preferences) and prompts.jsonl
     (the production conversations, for `collect init --prompts` to queue for annotators)."""
-    from alignkit.atomic import write_text
+    from alignkit.runs import write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -201,7 +201,7 @@ def lora_config(section: dict, task_type: str = "CAUSAL_LM"):
     """peft LoraConfig from a recipe's `lora:` section (short aliases alpha/dropout accepted)."""
     from peft import LoraConfig
 
-    from alignkit.sections import LORA_ALIASES, LORA_DEFAULTS
+    from alignkit.recipe import LORA_ALIASES, LORA_DEFAULTS
 
     kwargs = dict(LORA_DEFAULTS)
     kwargs.update({LORA_ALIASES.get(k, k): v for k, v in section.items()})

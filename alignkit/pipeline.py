@@ -18,8 +18,7 @@ from alignkit import distributed, registry, runs
 from alignkit.cli import STAGES
 from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
-from alignkit.recipe import load_recipe
-from alignkit.sections import TrackingConfig
+from alignkit.recipe import TrackingConfig, load_recipe
 
 WAITING_FOR_LABELS = 3  # exit code: stopped on purpose, re-run after annotators have voted
 
@@ -135,7 +134,7 @@ class Pipeline:
         st = stage_of(spec.stage)
         seed = [f"train.seed={self.recipe.seed}"] if self.recipe.seed is not None else []
         recipe = load_recipe(spec.recipe, st.recipe, self._common([*spec.overrides, *seed]))
-        from alignkit import stage  # the lifecycle imports transformers: not at `alignkit --help`
+        from alignkit import lifecycle as stage  # the lifecycle imports transformers: not at `alignkit --help`
 
         return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
                                  pairs=pairs, conversations=pairs, prompts=pairs,
@@ -157,7 +156,7 @@ class Pipeline:
         try:
             code, why = self._run_stages(summary)
         finally:
-            from alignkit import report
+            from alignkit import pipeline_report as report
 
             path = report.write(self.root)
         self._print_summary(summary)
@@ -189,7 +188,7 @@ class Pipeline:
             else:
                 print(f"== {spec.stage}: training ({spec.recipe})")
                 try:
-                    from alignkit import stage
+                    from alignkit import lifecycle as stage
 
                     run = (stage.run(st, stage_recipe) if spec.launch.kind is None  # this process
                            else distributed.run_launched(st, stage_recipe, spec.launch))  # N, rank 0 reports
@@ -215,7 +214,7 @@ class Pipeline:
     @staticmethod
     def _failed_checks(run: runs.Run) -> str:
         """The failed checks of a gate, one phrase each, for the last lines of the run."""
-        from alignkit.atomic import read_json
+        from alignkit.runs import read_json
 
         gate = read_json(run.path / "gate.json", None) or {}
         failed = [c for c in gate.get("checks", []) if c.get("verdict") == "fail"]
@@ -229,7 +228,7 @@ class Pipeline:
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
         """The stage's work as the lifecycle fingerprints it (recipe, TRL settings, library versions), before its
         data is curated: the input files' sha256s, the parent and reward runs, and the gate."""
-        from alignkit import stage
+        from alignkit import lifecycle as stage
 
         st = stage_of(spec.stage)
         files = stage_recipe.data.files if hasattr(stage_recipe, "data") else []
@@ -313,8 +312,8 @@ class Pipeline:
 
     def _print_headline(self, summary: list[dict[str, Any]]) -> None:
         """What changed: the gated suites' headline metrics for base, prompted base and each stage."""
-        from alignkit.atomic import read_json
-        from alignkit.report import suite_table
+        from alignkit.runs import read_json
+        from alignkit.pipeline_report import suite_table
 
         base = read_json(self.root / "base" / "eval" / "report.json", None)
         stages = [(row["stage"], read_json(self.root / row["run"] / "eval" / "report.json", None)) for row in summary]
@@ -334,7 +333,7 @@ HEADLINE = ("harmful.refusal_rate", "benign.over_refusal_rate", "mc.acc", "passa
 
 def run_pipeline(config: str, overrides: list[str]) -> int:
     """`alignkit pipeline --config FILE`."""
-    from alignkit.entry import quiet_libraries
+    from alignkit.cli import quiet_libraries
 
     quiet_libraries()
     recipe = load_recipe(config, PipelineRecipe, overrides)
@@ -343,7 +342,7 @@ def run_pipeline(config: str, overrides: list[str]) -> int:
 
 def register(sub) -> None:
     """Add `alignkit pipeline` to the CLI."""
-    from alignkit.entry import add_recipe_args
+    from alignkit.cli import add_recipe_args
 
     p = sub.add_parser("pipeline", help="base eval → SFT → gate → DPO → gate (→ reward → RLHF) → promote")
     add_recipe_args(p)

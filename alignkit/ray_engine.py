@@ -2,7 +2,7 @@
 
 Written against Ray 2.60 (Ray Train V2, the default there): `ray.train.torch.TorchTrainer` starts N workers
 with a torch process group (gloo on CPU, NCCL on GPUs) and the torchrun environment (RANK, WORLD_SIZE,
-LOCAL_RANK); each worker runs the same `alignkit.stage.run` as under torchrun, so rank 0 curates, opens the run
+LOCAL_RANK); each worker runs the same `alignkit.lifecycle.run` as under torchrun, so rank 0 curates, opens the run
 and writes once. After the stage builds its TRL trainer, `ray.train.huggingface.transformers.prepare_trainer`
 is applied and a callback reports to Ray at each checkpoint. The checkpoints are written once, by the Trainer, in
 the run directory (`<output.dir>/<run>/checkpoints/`), which must be storage every node sees; a re-run (or the
@@ -138,8 +138,8 @@ def _worker(config: dict[str, Any]) -> None:
     os.environ["ALIGNKIT_RAY_WORKER"] = "1"
     if Path(config["cwd"]).is_dir():  # relative recipe paths, as the driver meant them
         os.chdir(config["cwd"])
-    from alignkit import stage as lifecycle
-    from alignkit.entry import quiet_libraries
+    from alignkit import lifecycle
+    from alignkit.cli import quiet_libraries
 
     quiet_libraries()
     try:

@@ -107,7 +107,7 @@ class RewardScorer:
         from transformers import AutoTokenizer
 
         from alignkit import models
-        from alignkit.sections import ModelConfig
+        from alignkit.recipe import ModelConfig
 
         adapter = Path(adapter)
         source = source or f"'{adapter}'"

@@ -1,4 +1,5 @@
-"""Run directories, manifests and the registry.
+"""Run directories, manifests and the registry file, and the atomic writes they (and every other file that
+another process reads) go through.
 
 runs/<name>/
   registry.json            every stage run: parent, status, gate verdict, fingerprint; which one is promoted
@@ -7,8 +8,9 @@ runs/<name>/
                            library versions, wall time, status, W&B run id
     adapter/  metrics.jsonl  eval/  gate.json
 
-All writes are atomic. A run is `running` until it ends `completed`, `failed` or `interrupted`; a run
-whose process died without saying so (kill -9) reads as `interrupted`, and neither ever becomes a parent.
+All writes are atomic (`write_text`, `write_json`). A run is `running` until it ends `completed`, `failed` or
+`interrupted`; a run whose process died without saying so (kill -9) reads as `interrupted`, and neither ever
+becomes a parent. Promotion and rollback (which run the registry's `promoted` names) are `alignkit.promotion`.
 """
 
 from __future__ import annotations
@@ -21,16 +23,48 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from alignkit.atomic import read_json, write_json
 from alignkit.errors import UserError
 
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "wandb", "gradio")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one: a temp file in
+    the same folder, fsynced, then renamed over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Atomically write `data` as indented JSON."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """Read JSON from `path`, or return `default` when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
 
 
 def sha256_file(path: str | Path) -> str:

@@ -52,7 +52,7 @@ def main() -> None:
     import torch
 
     from alignkit.generate import Sampling, chat, load_policy
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
     from eval.config import SuiteSpec
     from eval.scoring import precision_context, resolve_precision, score_mc
     from eval.suites import load_suite

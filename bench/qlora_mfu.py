@@ -72,7 +72,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         sys.exit("qlora_mfu: needs a CUDA GPU (bitsandbytes 4-bit training)")
-    from alignkit import stage
+    from alignkit import lifecycle as stage
     from alignkit.recipe import load_recipe
     from sft.train import STAGE
 

@@ -130,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignkit.models import load_tokenizer, resolve
-    from alignkit.sections import DataConfig
+    from alignkit.recipe import DataConfig
     from reward.prompts import load_prompts
 
     model_dir = resolve(args.model)

@@ -47,7 +47,7 @@ def make_runs(root: Path) -> tuple[str, str]:
     import torch
 
     from alignkit import models, registry, runs
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer("smollm2-135m-instruct")
     ids = []
@@ -73,7 +73,7 @@ def plain_loop(adapter: Path, n: int, tokens: int) -> dict:
     import torch
 
     from alignkit import models
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer("smollm2-135m-instruct")
     model = models.load_adapter(models.load_model(ModelConfig()), adapter, trainable=False).eval()
@@ -136,7 +136,7 @@ def main() -> None:
     import uvicorn
 
     from alignkit import registry
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
     from serve import keys
     from serve.cli import build
     from serve.config import EngineConfig, FeedbackConfig, ServeRecipe, ServerConfig

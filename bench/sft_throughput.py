@@ -71,7 +71,7 @@ def records(n: int) -> tuple[list[dict], list[dict]]:
     """n train and n/4 val prompt/completion rows from the bundled demo data (hash split, so stable)."""
     from alignkit.data import load_conversations, to_prompt_completion
     from alignkit.curation import split_of
-    from alignkit.prepare import prompt_key
+    from alignkit.data import prompt_key
 
     conversations, _ = load_conversations([str(ROOT / "recipes/data/sft_demo.jsonl")])
     train, val = [], []

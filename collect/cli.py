@@ -106,7 +106,7 @@ def build_commands(cmds) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m collect …`: the same commands as `alignkit collect …`."""
-    from alignkit.entry import guarded
+    from alignkit.cli import guarded
 
     parser = argparse.ArgumentParser(prog="python -m collect", description=__doc__.splitlines()[0])
     build_commands(parser.add_subparsers(dest="collect_command", required=True, metavar="COMMAND"))

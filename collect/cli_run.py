@@ -44,7 +44,7 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
 
     import uvicorn
 
-    from alignkit.entry import quiet_libraries
+    from alignkit.cli import quiet_libraries
     from collect.export import rules_from
     from collect.server import LOOPBACK, create_app
     from collect.worker import Worker, load_generators
@@ -80,7 +80,7 @@ def serve(store, recipe, adapter, host, port, share=False, generate=True) -> Non
 
 def cmd_generate(args) -> int:
     """The worker's generation in batch mode: every prompt gets its pairs, then exit (the pipeline's round)."""
-    from alignkit.entry import quiet_libraries
+    from alignkit.cli import quiet_libraries
     from collect.config import CollectRecipe
     from collect.round import fill
 

@@ -165,7 +165,7 @@ def _kto(prompt: list, text: str, label: bool, item_id: int, source: str) -> dic
 
 def write(dump: dict, out: str | Path, rules: ExportRules, overlap: int, dataset: bool = True) -> dict:
     """Write OUT (pairs JSONL), OUT stem + .kto.jsonl / .sft.jsonl / .report.json, and a datasets folder."""
-    from alignkit.atomic import write_text
+    from alignkit.runs import write_text
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

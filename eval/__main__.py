@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from alignkit.entry import guarded
+from alignkit.cli import guarded
 from eval.cli import register
 
 if __name__ == "__main__":

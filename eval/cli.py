@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 
 def _eval_or_classify(args: argparse.Namespace) -> int:
-    from alignkit.entry import quiet_libraries
+    from alignkit.cli import quiet_libraries
 
     quiet_libraries()
     if args.overrides[:1] == ["classify"]:
@@ -100,7 +100,7 @@ def evaluate_cmd(args: argparse.Namespace) -> int:
 def classify(args: argparse.Namespace) -> int:
     """Label every record's response refusal | compliance (+ partial); with --labels KEY, score the detector
     against the human labels in KEY: agreement, precision, recall and the confusion table."""
-    from alignkit.atomic import write_text
+    from alignkit.runs import write_text
     from alignkit.data import read_records
     from eval.config import JudgeConfig
     from eval.judge import detector

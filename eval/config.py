@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alignkit.sections import ModelConfig, OutputConfig, TrackingConfig
+from alignkit.recipe import ModelConfig, OutputConfig, TrackingConfig
 
 SUITE_KINDS = ("safety", "mc", "perplexity", "kl", "task")
 SUITE_KEYS = {

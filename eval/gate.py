@@ -119,7 +119,7 @@ def decide(candidate_report: dict, references: dict[str, dict], gate_recipe: Gat
 
 def load_report(run_dir: str | Path) -> dict:
     """A run's eval/report.json (UserError if eval has not been run)."""
-    from alignkit.atomic import read_json
+    from alignkit.runs import read_json
 
     path = Path(run_dir) / "eval" / "report.json"
     if not path.is_file():
@@ -145,7 +145,7 @@ def run_gate(config: str, candidate: str, parent: str | None = None, overrides=(
     """`alignkit gate`: decide, write gate.json, record the verdict in the manifest and registry; exit 0/1."""
     from datetime import datetime, timezone
 
-    from alignkit.atomic import write_json
+    from alignkit.runs import write_json
     from alignkit.recipe import load_recipe
     from alignkit.runs import find_run
 

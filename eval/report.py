@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from alignkit.atomic import write_json, write_text
+from alignkit.runs import write_json, write_text
 
 
 def rows(report: dict) -> list[dict]:

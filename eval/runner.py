@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit import curation, models
-from alignkit.atomic import read_json, write_json
+from alignkit.runs import read_json, write_json
 from alignkit.errors import UserError
 from alignkit.recipe import to_dict
 from eval import stats

@@ -42,7 +42,7 @@ def resolve_precision(precision: str) -> str:
     """'auto' → 'bfloat16' where bf16 is native (the same test as the training stages' bf16 default), else 'float32'."""
     if precision != "auto":
         return precision
-    from alignkit.stage import precision_defaults
+    from alignkit.lifecycle import precision_defaults
 
     return "bfloat16" if precision_defaults()["bf16"] else "float32"
 

@@ -342,8 +342,8 @@ def _task(spec: SuiteSpec, tokenizer) -> Suite:
     """The held-out split of an SFT recipe's data (same curation and hash split as training)."""
     import yaml
 
-    from alignkit.prepare import prepare_conversations
-    from alignkit.sections import DataConfig
+    from alignkit.data import prepare_conversations
+    from alignkit.recipe import DataConfig
 
     recipe = Path(spec.recipe or spec.source or "recipes/smollm2/sft.yaml")
     if not recipe.is_file():

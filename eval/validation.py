@@ -119,7 +119,7 @@ def summary_line(detector_name: str) -> str:
 
 
 def main() -> None:
-    from alignkit.atomic import write_text
+    from alignkit.runs import write_text
 
     built = build_card()
     write_text(CARD, json.dumps(built, indent=1) + "\n")

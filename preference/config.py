@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignkit.sections import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
+from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
 
 # Our defaults under the recipe's `train:`; every key can be overridden there.
 COMMON_DEFAULTS = {

@@ -2,14 +2,14 @@
 reference → TRL trainer → step-0 reference check → train → best checkpoint, held-out metrics, adapter.
 
 The lifecycle around it (tokenizer, template lineage, resolved TRL config, run, manifest) is
-`alignkit.stage.run`; `DPO` and `KTO` are what it needs to know about these stages.
+`alignkit.lifecycle.run`; `DPO` and `KTO` are what it needs to know about these stages.
 """
 
 from __future__ import annotations
 
 import random
 
-from alignkit import distributed, models, stage
+from alignkit import distributed, lifecycle, models
 from alignkit.pairs import load_pairs, pairs_to_kto, thumbs_to_kto, to_kto_dataset, to_preference_dataset
 from alignkit.runs import Run
 from preference.config import DPO_DEFAULTS, KTO_DEFAULTS, DPORecipe, KTORecipe
@@ -36,20 +36,20 @@ def _pairs(recipe, tokenizer, allow_unpaired: bool):
     return prepared
 
 
-def _data(prepared, train, val) -> stage.Data:
+def _data(prepared, train, val) -> lifecycle.Data:
     # Without held-out pairs there is nothing to evaluate, and no best checkpoint to pick.
     edits = {} if val is not None else {"eval_strategy": "no", "metric_for_best_model": None}
-    return stage.Data(inputs=prepared.sha256s, fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report}},
+    return lifecycle.Data(inputs=prepared.sha256s, fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report}},
                       train=train, eval=val, trl=edits)
 
 
-def load_dpo_data(recipe: DPORecipe, tokenizer) -> stage.Data:
+def load_dpo_data(recipe: DPORecipe, tokenizer) -> lifecycle.Data:
     """Curated pairs in TRL's conversational preference format (prompt, chosen, rejected)."""
     prepared = _pairs(recipe, tokenizer, allow_unpaired=False)
     return _data(prepared, *(to_preference_dataset(prepared.splits[s]) for s in ("train", "val")))
 
 
-def load_kto_data(recipe: KTORecipe, tokenizer) -> stage.Data:
+def load_kto_data(recipe: KTORecipe, tokenizer) -> lifecycle.Data:
     """Thumbs (unpaired) and pairs split into thumbs, in TRL's unpaired format (prompt, completion, label)."""
     prepared = _pairs(recipe, tokenizer, allow_unpaired=True)
     seed = recipe.train.get("seed", KTO_DEFAULTS["seed"])
@@ -64,12 +64,12 @@ def load_kto_data(recipe: KTORecipe, tokenizer) -> stage.Data:
     return _data(prepared, rows("train"), rows("val"))
 
 
-def build_trainer(ctx: stage.Context):
+def build_trainer(ctx: lifecycle.Context):
     """The policy under TRL's DPOTrainer or KTOTrainer (by the config class), reference checked at step 0."""
     import trl
 
     trainer_cls = trl.DPOTrainer if isinstance(ctx.args, trl.DPOConfig) else trl.KTOTrainer
-    trainer = stage.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
+    trainer = lifecycle.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
                                   train_dataset=ctx.data.train, eval_dataset=ctx.data.eval,
                                   processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
     # one answer for the run: rank 0 scores the pairs (no collective inside), every rank stops if it fails
@@ -82,21 +82,21 @@ def build_trainer(ctx: stage.Context):
     return trainer
 
 
-def finish(ctx: stage.Context, trainer, result) -> None:
+def finish(ctx: lifecycle.Context, trainer, result) -> None:
     """Held-out metrics, the best checkpoint by the stage's metric, the adapter."""
-    stage.evaluate(ctx, trainer)
+    lifecycle.evaluate(ctx, trainer)
     ctx.fields["best_checkpoint"] = {"checkpoint": trainer.state.best_model_checkpoint,
                                      "metric": trainer.args.metric_for_best_model, "value": trainer.state.best_metric}
-    stage.save_adapter(ctx, trainer.model)
+    lifecycle.save_adapter(ctx, trainer.model)
 
 
-DPO = stage.Stage(
+DPO = lifecycle.Stage(
     name="dpo", recipe=DPORecipe, trl_config="DPOConfig", defaults=DPO_DEFAULTS,
     consumes=("pairs", "adapter"), produces="adapter", load_data=load_dpo_data, build_trainer=build_trainer,
     finish=finish, eval_keys={"eval_loss": "eval_loss", "eval_preference_accuracy": "eval_rewards/accuracies",
                               "eval_reward_margin": "eval_rewards/margins"})
 
-KTO = stage.Stage(
+KTO = lifecycle.Stage(
     name="kto", recipe=KTORecipe, trl_config="KTOConfig", defaults=KTO_DEFAULTS,
     consumes=("pairs", "adapter"), produces="adapter", load_data=load_kto_data, build_trainer=build_trainer,
     finish=finish, eval_keys={"eval_loss": "eval_loss", "eval_reward_margin": "eval_rewards/margins",
@@ -105,9 +105,9 @@ KTO = stage.Stage(
 
 def run(recipe: DPORecipe) -> Run:
     """Refine the recipe's adapter with DPO on preference pairs; returns the completed run."""
-    return stage.run(DPO, recipe)
+    return lifecycle.run(DPO, recipe)
 
 
 def run_kto(recipe: KTORecipe) -> Run:
     """Refine the recipe's adapter with KTO on thumbs (unpaired) and/or pairs split into thumbs."""
-    return stage.run(KTO, recipe)
+    return lifecycle.run(KTO, recipe)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignkit.sections import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
+from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
 
 # Our defaults under the reward recipe's `train:`; every key can be overridden there.
 REWARD_DEFAULTS = {

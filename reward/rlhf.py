@@ -14,7 +14,7 @@ import statistics
 import sys
 from typing import Any, Callable
 
-from alignkit import distributed, models, stage
+from alignkit import distributed, lifecycle, models
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.generate import Sampling, chat
 from alignkit.reward_model import RewardScorer
@@ -87,7 +87,7 @@ def trl_config(recipe: RLHFRecipe) -> str:
     return config_cls.__name__
 
 
-def load_data(recipe: RLHFRecipe, tokenizer) -> stage.Data:
+def load_data(recipe: RLHFRecipe, tokenizer) -> lifecycle.Data:
     """The reward function and the training prompts (the reward source is an input: it is fingerprinted)."""
     trl_config(recipe)
     reward_fn, reward_info = load_reward(recipe)
@@ -96,14 +96,14 @@ def load_data(recipe: RLHFRecipe, tokenizer) -> stage.Data:
     train_prompts = prompts.splits["train"]
     from datasets import Dataset
 
-    return stage.Data(inputs={**prompts.sha256s, "reward": str(reward_info)},
+    return lifecycle.Data(inputs={**prompts.sha256s, "reward": str(reward_info)},
                       train=Dataset.from_list([{"prompt": p} for p in train_prompts]),
                       extra={"reward_fn": reward_fn, "probe": train_prompts[:recipe.rlhf.eval_prompts]},
                       fields={"algorithm": recipe.rlhf.algorithm, "reward": reward_info,
                               "data": {"sha256": prompts.sha256s, "prompts": prompts.report}})
 
 
-def build_trainer(ctx: stage.Context):
+def build_trainer(ctx: lifecycle.Context):
     """The SFT adapter, trainable (TRL keeps a frozen copy "ref": the KL reference is the SFT policy), or a new
     LoRA (the reference is then the base), under RLOOTrainer or GRPOTrainer with the reward-hacking guard."""
     recipe, cfg, tokenizer = ctx.recipe, ctx.recipe.rlhf, ctx.tokenizer
@@ -120,12 +120,12 @@ def build_trainer(ctx: stage.Context):
         lambda: mean_reward(policy, tokenizer, reward_fn, probe, ctx.args.max_completion_length))
     guard = RewardHackingGuard(cfg.kl_ceiling, cfg.min_mean_length, cfg.max_clipped_ratio, cfg.patience)
     ctx.data.extra["guard"] = guard
-    return stage.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=ctx.args,
+    return lifecycle.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=ctx.args,
                                train_dataset=ctx.data.train, processing_class=tokenizer,
                                callbacks=ctx.callbacks + [guard])
 
 
-def finish(ctx: stage.Context, trainer, result) -> None:
+def finish(ctx: lifecycle.Context, trainer, result) -> None:
     """Fail on a reward-hacking symptom (no adapter saved); else the policy alone saved, its greedy replies scored."""
     guard, tokenizer = ctx.data.extra["guard"], ctx.tokenizer
     logged = [row for row in _rows(ctx.run) if "reward" in row]
@@ -141,7 +141,7 @@ def finish(ctx: stage.Context, trainer, result) -> None:
     after = distributed.on_main(
         lambda: mean_reward(model, tokenizer, ctx.data.extra["reward_fn"], probe, ctx.args.max_completion_length))
     tokenizer.padding_side = ctx.data.extra["padding_side"]  # the adapter's tokenizer as the SFT stage saved it
-    stage.save_adapter(ctx, model)
+    lifecycle.save_adapter(ctx, model)
     ctx.summary.update({
         "reward_first": logged[0]["reward"] if logged else None,
         "reward_last": logged[-1]["reward"] if logged else None,
@@ -154,14 +154,14 @@ def finish(ctx: stage.Context, trainer, result) -> None:
         print(f"mean reward of greedy replies to {len(probe)} training prompts: {before:.4f} → {after:.4f}")
 
 
-STAGE = stage.Stage(name="rlhf", recipe=RLHFRecipe, trl_config=trl_config, defaults=RLHF_DEFAULTS,
+STAGE = lifecycle.Stage(name="rlhf", recipe=RLHFRecipe, trl_config=trl_config, defaults=RLHF_DEFAULTS,
                     consumes=("prompts", "adapter", "reward_model"), produces="adapter", load_data=load_data,
                     build_trainer=build_trainer, finish=finish)
 
 
 def run(recipe: RLHFRecipe) -> Run:
     """RLOO (or GRPO) of the SFT adapter against the reward; fails the run on reward-hacking symptoms."""
-    return stage.run(STAGE, recipe)
+    return lifecycle.run(STAGE, recipe)
 
 
 def _rows(run: Run) -> list[dict]:

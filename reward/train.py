@@ -1,12 +1,12 @@
 """Reward model, top to bottom: pairs → seq-cls model + LoRA (+ score head) → TRL RewardTrainer → adapter →
 held-out accuracy, margin, calibration with the saved model → gate. The lifecycle around it (tokenizer, lineage,
-resolved TRL config, run, manifest) is `alignkit.stage.run`; `STAGE` is what it needs to know."""
+resolved TRL config, run, manifest) is `alignkit.lifecycle.run`; `STAGE` is what it needs to know."""
 
 from __future__ import annotations
 
 import shutil
 
-from alignkit import distributed, models, stage
+from alignkit import distributed, lifecycle, models
 from alignkit.errors import TrainingFailed, UserError
 from alignkit.pairs import load_pairs, to_preference_dataset
 from alignkit.reward_model import SFT_INIT_DIR, RewardScorer, merge_into_seq_cls
@@ -72,7 +72,7 @@ def plot_calibration(stats: dict, path) -> None:
     plt.close(fig)
 
 
-def load_data(recipe: RewardRecipe, tokenizer) -> stage.Data:
+def load_data(recipe: RewardRecipe, tokenizer) -> lifecycle.Data:
     """Curated pairs; the val + test pairs are the held-out set (evaluated during training, then gated on)."""
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.reward.overlong)
     print(f"data: {prepared.report}")
@@ -81,12 +81,12 @@ def load_data(recipe: RewardRecipe, tokenizer) -> stage.Data:
     # the length-grouped sampler serves the held-out evaluation too (the Trainer asks it for both)
     train_ds = train_ds.add_column("length", pair_lengths(prepared.splits["train"], tokenizer))
     eval_ds = eval_ds.add_column("length", pair_lengths(heldout, tokenizer))
-    return stage.Data(inputs=prepared.sha256s, train=train_ds, eval=eval_ds, extra={"heldout": heldout},
+    return lifecycle.Data(inputs=prepared.sha256s, train=train_ds, eval=eval_ds, extra={"heldout": heldout},
                       fields={"data": {"sha256": prepared.sha256s, "curation": prepared.report},
                               "init_adapter": recipe.model.adapter})
 
 
-def build_trainer(ctx: stage.Context):
+def build_trainer(ctx: lifecycle.Context):
     """A sequence-classification model (on base + SFT adapter, merged, when model.adapter is set) with a new
     LoRA and score head, under TRL's RewardTrainer."""
     from trl import RewardTrainer
@@ -102,19 +102,19 @@ def build_trainer(ctx: stage.Context):
                                    task_type="SEQ_CLS")
     except ValueError as e:  # e.g. layers_to_transform past this model's depth
         raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
-    return stage.build_trainer(RewardTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
+    return lifecycle.build_trainer(RewardTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
                                eval_dataset=ctx.data.eval, processing_class=tokenizer, callbacks=ctx.callbacks)
 
 
-def finish(ctx: stage.Context, trainer, result) -> None:
+def finish(ctx: lifecycle.Context, trainer, result) -> None:
     """Save the adapter (with the SFT adapter it sits on), check the saved model scores like the trained one,
     then held-out accuracy, margin, calibration and the gate."""
-    stage.save_adapter(ctx, trainer.model)  # every rank takes part (FSDP gathers); rank 0 writes
+    lifecycle.save_adapter(ctx, trainer.model)  # every rank takes part (FSDP gathers); rank 0 writes
     # the reload check, held-out scoring and the gate need one answer: rank 0, the others wait for its verdict
     distributed.on_main(lambda: _check_and_gate(ctx, trainer, result))
 
 
-def _check_and_gate(ctx: stage.Context, trainer, result) -> None:
+def _check_and_gate(ctx: lifecycle.Context, trainer, result) -> None:
     recipe, tokenizer, run, heldout = ctx.recipe, ctx.tokenizer, ctx.run, ctx.data.extra["heldout"]
     if recipe.model.adapter:  # the reward model sits on base + SFT: keep the SFT adapter with it
         shutil.copytree(recipe.model.adapter, run.adapter_dir / SFT_INIT_DIR)
@@ -144,11 +144,11 @@ def _check_and_gate(ctx: stage.Context, trainer, result) -> None:
           + ("" if verdict["passed"] else " — RLHF will refuse this reward model"))
 
 
-STAGE = stage.Stage(name="reward", recipe=RewardRecipe, trl_config="RewardConfig", defaults=REWARD_DEFAULTS,
+STAGE = lifecycle.Stage(name="reward", recipe=RewardRecipe, trl_config="RewardConfig", defaults=REWARD_DEFAULTS,
                     consumes=("pairs",), produces="reward_model", load_data=load_data, build_trainer=build_trainer,
                     finish=finish)
 
 
 def run(recipe: RewardRecipe) -> Run:
     """Train a LoRA reward model (score head saved with the adapter) and gate it on held-out pairs."""
-    return stage.run(STAGE, recipe)
+    return lifecycle.run(STAGE, recipe)

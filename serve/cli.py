@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from alignkit.entry import quiet_libraries
+    from alignkit.cli import quiet_libraries
 
     quiet_libraries()
     words = args.words

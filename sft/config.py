@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alignkit.sections import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
+from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
 
 # Our defaults under the recipe's `train:`; every key can be overridden there.
 SFT_DEFAULTS = {

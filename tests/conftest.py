@@ -41,7 +41,7 @@ def _seq_cls_lora(base: str, seed: int = 1):
     import torch
 
     from alignkit import models
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tok, _ = models.load_tokenizer(base)
     model = models.load_model(ModelConfig(base=base), sequence_classification=True, num_labels=1)

@@ -6,7 +6,7 @@ import pytest
 
 from alignkit import models
 from alignkit.errors import UserError
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 
 
 def test_embedded_alias_resolves_to_a_safetensors_cache():

@@ -57,7 +57,7 @@ def test_resumable_finds_only_matching_interrupted_runs_with_checkpoints(tmp_pat
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
-    from alignkit.atomic import write_json
+    from alignkit.runs import write_json
 
     write_json(tmp_path / "x.json", {"a": 1})
     write_json(tmp_path / "x.json", {"a": 2})

@@ -19,9 +19,9 @@ ORPO_TRAIN = textwrap.dedent('''
     import dataclasses
     from dataclasses import dataclass, field
 
-    from alignkit import models, stage
+    from alignkit import lifecycle, models
     from alignkit.pairs import load_pairs, to_preference_dataset
-    from alignkit.sections import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys
+    from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys
 
 
     def orpo_keys():
@@ -42,7 +42,7 @@ ORPO_TRAIN = textwrap.dedent('''
 
     def load_data(recipe, tokenizer):
         prepared = load_pairs(recipe.data, tokenizer)
-        return stage.Data(inputs=prepared.sha256s, fields={"data": {"curation": prepared.report}},
+        return lifecycle.Data(inputs=prepared.sha256s, fields={"data": {"curation": prepared.report}},
                           train=to_preference_dataset(prepared.splits["train"]), trl={"eval_strategy": "no"})
 
 
@@ -50,11 +50,11 @@ ORPO_TRAIN = textwrap.dedent('''
         from trl.experimental.orpo import ORPOTrainer
 
         model = models.attach_lora(models.load_model(ctx.recipe.model), ctx.recipe.lora)
-        return stage.build_trainer(ORPOTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
+        return lifecycle.build_trainer(ORPOTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
                                    processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
 
 
-    STAGE = stage.Stage(name="orpo", recipe=ORPORecipe, trl_config="trl.experimental.orpo:ORPOConfig",
+    STAGE = lifecycle.Stage(name="orpo", recipe=ORPORecipe, trl_config="trl.experimental.orpo:ORPOConfig",
                         defaults={"beta": 0.2, "logging_steps": 1, "save_strategy": "no", "max_length": 256},
                         consumes=("pairs", "adapter"), produces="adapter", load_data=load_data,
                         build_trainer=build_trainer)

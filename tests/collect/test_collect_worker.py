@@ -8,7 +8,7 @@ import pytest
 from collect_support import make_store
 
 from alignkit.generate import Sampling
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 from collect.config import GenerationConfig
 from collect.worker import Worker, load_generators, similarity
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from alignkit import models, runs
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from alignkit import runs
-from alignkit.atomic import write_json
+from alignkit.runs import write_json
 from alignkit.cli import main
 from eval import stats
 

@@ -9,8 +9,7 @@ import torch
 
 from alignkit import models
 from alignkit.cli import main
-from alignkit.recipe import load_recipe
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig, load_recipe
 from eval import run_eval
 from eval.config import EvalRecipe, GateRecipe
 from eval.gate import decide

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignkit.generate import load_policy
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 from eval.scoring import chat_context, encode_pair, score_kl, score_mc, score_perplexity
 
 

@@ -5,7 +5,7 @@ import torch
 
 from alignkit import models, runs
 from alignkit.export import merge
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 
 
 def fake_run(root, base, quantization="none"):

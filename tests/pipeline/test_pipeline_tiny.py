@@ -130,7 +130,7 @@ def test_a_changed_stage_default_or_trl_version_is_not_reused(monkeypatch):
     re-run after changing a stage default or upgrading TRL retrains instead of reusing a stale run."""
     import dataclasses
 
-    from alignkit import stage
+    from alignkit import lifecycle
     from alignkit.pipeline import Pipeline, StageSpec
     from alignkit.recipe import load_recipe
     from sft.train import STAGE
@@ -145,8 +145,8 @@ def test_a_changed_stage_default_or_trl_version_is_not_reused(monkeypatch):
     assert Pipeline._fingerprint(None, spec, recipe, None, None) != base
     monkeypatch.undo()
     monkeypatch.chdir(ROOT)
-    versions = stage.library_versions()
-    monkeypatch.setattr(stage, "library_versions", lambda: {**versions, "trl": "99.0"})
+    versions = lifecycle.library_versions()
+    monkeypatch.setattr(lifecycle, "library_versions", lambda: {**versions, "trl": "99.0"})
     assert Pipeline._fingerprint(None, spec, recipe, None, None) != base
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from alignkit import registry, runs
+from alignkit import promotion, runs
 from alignkit.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,14 +21,14 @@ def make(root, stage, gate, parent=None, status="completed"):
 def test_promote_rollback_round_trip(tmp_path):
     sft = make(tmp_path, "sft", "pass")
     dpo = make(tmp_path, "dpo", "warn", parent=sft.id)
-    registry.promote(tmp_path, sft.id)
-    event = registry.promote(tmp_path, dpo.id)
+    promotion.promote(tmp_path, sft.id)
+    event = promotion.promote(tmp_path, dpo.id)
     assert event["lineage"] == [sft.id, dpo.id] and event["previous"] == sft.id
     assert runs.read_registry(tmp_path)["promoted"] == dpo.id
-    assert registry.rollback(tmp_path)["run"] == sft.id
+    assert promotion.rollback(tmp_path)["run"] == sft.id
     assert runs.read_registry(tmp_path)["promoted"] == sft.id
     with pytest.raises(UserError, match="no earlier promoted run"):
-        registry.rollback(tmp_path)
+        promotion.rollback(tmp_path)
     actions = [e["action"] for e in runs.read_registry(tmp_path)["history"]]
     assert actions == ["promote", "promote", "rollback"]
 
@@ -36,17 +36,17 @@ def test_promote_rollback_round_trip(tmp_path):
 def test_failed_gate_needs_force_with_a_reason(tmp_path):
     bad = make(tmp_path, "dpo", "fail")
     with pytest.raises(UserError, match="its gate is 'fail'"):
-        registry.promote(tmp_path, bad.id)
+        promotion.promote(tmp_path, bad.id)
     with pytest.raises(UserError, match="--force needs --reason"):
-        registry.promote(tmp_path, bad.id, force=True)
-    event = registry.promote(tmp_path, bad.id, force=True, reason="manual review found the check flaky")
+        promotion.promote(tmp_path, bad.id, force=True)
+    event = promotion.promote(tmp_path, bad.id, force=True, reason="manual review found the check flaky")
     assert event["forced"] and runs.read_registry(tmp_path)["history"][-1]["reason"].startswith("manual")
 
 
 def test_interrupted_run_is_never_promoted(tmp_path):
     run = make(tmp_path, "sft", "pass", status="interrupted")
     with pytest.raises(UserError, match="only a completed run"):
-        registry.promote(tmp_path, run.id, force=True, reason="x")
+        promotion.promote(tmp_path, run.id, force=True, reason="x")
 
 
 def test_cli_refuses_a_failed_run_with_exit_2(tmp_path):

@@ -46,7 +46,7 @@ def pairs_file(tmp_path) -> Path:
 def make_parent(root: Path, model_dir: str, template_sha: str | None = None, status: str = "completed"):
     """A completed 'sft' run whose adapter has random (non-zero) LoRA B, so base ≠ base + adapter."""
     from alignkit import models, runs
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, sha = models.load_tokenizer(model_dir)
     run = runs.start_run(root, "sft", {}, chat_template_sha256=template_sha or sha,

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignkit.stage import precision_defaults
+from alignkit.lifecycle import precision_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,7 +55,7 @@ def trainer(tiny_model_dir, tmp_path_factory):
     from trl import DPOConfig, DPOTrainer
 
     from alignkit import models
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer(tiny_model_dir)
     model = models.attach_lora(models.load_model(ModelConfig(base=tiny_model_dir)), {"r": 4})
@@ -118,7 +118,7 @@ def loss_combined(trainer) -> float:
 # Last in this module: building a TrainingArguments resets accelerate's global state under the module's trainer.
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path):
-    from alignkit import stage
+    from alignkit import lifecycle
     from alignkit.recipe import load_recipe
     from preference.config import DPORecipe
     from preference.train import DPO
@@ -127,6 +127,6 @@ def test_every_trl_loss_type_is_accepted_through_the_recipe(loss_type, tmp_path)
     recipe = load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe,
                          [f"train.loss_type=[{loss_type}]", "train.loss_weights=[1.0]",
                           f"train.label_smoothing={smoothing}"])
-    args = stage.resolve_config(DPO, recipe)
+    args = lifecycle.resolve_config(DPO, recipe)
     assert args.loss_type == [loss_type] and args.label_smoothing == smoothing
     assert args.precompute_ref_log_probs is recipe.train.get("precompute_ref_log_probs", True)  # dpo.yaml's, else ours

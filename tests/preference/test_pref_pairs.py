@@ -8,7 +8,7 @@ from alignkit.data import Record
 from alignkit.errors import UserError
 from alignkit.pairs import (Pair, load_pairs, pairs_to_kto, parse_hh, parse_record, to_kto_dataset,
                             to_preference_dataset)
-from alignkit.sections import DataConfig
+from alignkit.recipe import DataConfig
 from pref_helpers import short_pairs, write_jsonl
 
 HH_CHOSEN = ("\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?"

@@ -8,8 +8,8 @@ from pref_helpers import short_pairs
 
 from alignkit import models
 from alignkit.errors import TrainingFailed
-from alignkit.sections import ModelConfig
-from alignkit.stage import precision_defaults
+from alignkit.recipe import ModelConfig
+from alignkit.lifecycle import precision_defaults
 from preference.reference import check_reference
 
 

@@ -103,12 +103,12 @@ def test_bundled_recipes_resolve_to_what_the_file_says_over_the_stage_defaults(n
     default wherever the file is silent (not the tuned demo values themselves: those may change)."""
     import yaml
 
-    from alignkit import stage
+    from alignkit import lifecycle
     from alignkit.cli import stage as stage_of
 
     st = stage_of(stage_name)
     path = ROOT / f"recipes/smollm2/{name}.yaml"
-    args = stage.resolve_config(st, load_recipe(path, st.recipe))
+    args = lifecycle.resolve_config(st, load_recipe(path, st.recipe))
     written = yaml.safe_load(path.read_text())["train"]
     for key, value in {**st.defaults, **written}.items():
         got = getattr(args, key)

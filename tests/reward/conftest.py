@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.entry import stage_main
+from alignkit.cli import stage_main
 from alignkit.runs import Run
 
 REWARDS = textwrap.dedent('''

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from alignkit.entry import stage_main
+from alignkit.cli import stage_main
 from alignkit.errors import UserError
 from alignkit.reward_model import RewardScorer
 from reward.config import RewardRecipe, RLHFRecipe

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignkit.entry import stage_main
+from alignkit.cli import stage_main
 from alignkit.runs import Run
 from reward.config import RLHFRecipe
 from reward.rlhf import run as rlhf_run

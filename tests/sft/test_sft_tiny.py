@@ -92,7 +92,7 @@ def test_manifest_holds_the_trl_config_the_trainer_saw(tmp_path, tiny_model_dir)
     precision and the run's own paths all applied (not just the YAML's keys)."""
     import dataclasses
 
-    from alignkit import stage
+    from alignkit import lifecycle
     from sft.train import STAGE
 
     seen = {}
@@ -101,21 +101,21 @@ def test_manifest_holds_the_trl_config_the_trainer_saw(tmp_path, tiny_model_dir)
         seen["trainer"] = STAGE.build_trainer(ctx)
         return seen["trainer"]
 
-    result = stage.run(dataclasses.replace(STAGE, build_trainer=capture), recipe(tmp_path, tiny_model_dir))
+    result = lifecycle.run(dataclasses.replace(STAGE, build_trainer=capture), recipe(tmp_path, tiny_model_dir))
     m = result.manifest
     assert m["trl_config_class"] == "SFTConfig"
-    assert m["trl_config"] == stage.config_dict(seen["trainer"].args)
+    assert m["trl_config"] == lifecycle.config_dict(seen["trainer"].args)
     config = m["trl_config"]
     assert config["padding_free"] is True and config["lr_scheduler_type"] == "cosine"  # stage defaults (not TRL's)
     assert config["max_steps"] == 4 and config["save_steps"] == 2  # the recipe's overrides
-    assert config["bf16"] == stage.precision_defaults()["bf16"]  # decided for this machine
+    assert config["bf16"] == lifecycle.precision_defaults()["bf16"]  # decided for this machine
     assert config["output_dir"] == str(result.path / "checkpoints") and config["run_name"] == result.id
 
 
 def _fingerprint(r, st):
-    from alignkit import stage
+    from alignkit import lifecycle
 
-    return stage.fingerprint(st.name, r, {"data.jsonl": "sha"}, None, stage.config_dict(stage.resolve_config(st, r)))
+    return lifecycle.fingerprint(st.name, r, {"data.jsonl": "sha"}, None, lifecycle.config_dict(lifecycle.resolve_config(st, r)))
 
 
 def test_fingerprint_changes_with_a_stage_default_the_trl_version_or_the_precision(tmp_path, monkeypatch):
@@ -123,7 +123,7 @@ def test_fingerprint_changes_with_a_stage_default_the_trl_version_or_the_precisi
     our default under `train:` changed, TRL was upgraded, or this machine decides bf16 differently."""
     import dataclasses
 
-    from alignkit import runs, stage
+    from alignkit import lifecycle, runs
     from sft.train import STAGE
 
     r = recipe(tmp_path, "smollm2-135m-instruct")
@@ -138,8 +138,8 @@ def test_fingerprint_changes_with_a_stage_default_the_trl_version_or_the_precisi
     assert _fingerprint(r, STAGE) != base
     monkeypatch.undo()
 
-    bf16 = stage.precision_defaults()["bf16"]
-    monkeypatch.setattr(stage, "precision_defaults", lambda: {"bf16": not bf16, "fp16": False, "use_cpu": True})
+    bf16 = lifecycle.precision_defaults()["bf16"]
+    monkeypatch.setattr(lifecycle, "precision_defaults", lambda: {"bf16": not bf16, "fp16": False, "use_cpu": True})
     assert _fingerprint(r, STAGE) != base
 
 
@@ -169,7 +169,7 @@ def test_resumed_run_losses_equal_the_uninterrupted_runs(tmp_path, tiny_model_di
 def _parent_with_template(root, model_dir, template_sha):
     """A completed 'sft' run whose manifest says its adapter was trained under another chat template."""
     from alignkit import models
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer(model_dir)
     parent = runs.start_run(root, "sft", {}, chat_template_sha256=template_sha,
@@ -181,7 +181,7 @@ def _parent_with_template(root, model_dir, template_sha):
 
 
 def test_sft_continuing_an_adapter_with_another_template_exits_2(tmp_path, tiny_model_dir, capsys):
-    from alignkit.entry import stage_main
+    from alignkit.cli import stage_main
     from sft.train import STAGE
 
     parent = _parent_with_template(tmp_path / "runs", tiny_model_dir, "ab" * 32)
@@ -198,13 +198,13 @@ def test_sft_continuing_an_adapter_with_another_template_exits_2(tmp_path, tiny_
 @pytest.mark.parametrize("name", ["reward", "rlhf", "dpo", "kto"])
 def test_every_stage_that_continues_an_adapter_checks_its_template(tmp_path, tiny_model_dir, name):
     """The lineage check is the lifecycle's, before any stage's own code: the same refusal for every stage."""
-    from alignkit import stage
+    from alignkit import lifecycle
     from alignkit.errors import UserError
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     parent = _parent_with_template(tmp_path / "runs", tiny_model_dir, "cd" * 32)
     with pytest.raises(UserError, match=rf"chat template mismatch: .* this {name} run's tokenizer"):
-        stage.start(ModelConfig(base=tiny_model_dir, adapter=str(parent.adapter_dir)), name)
+        lifecycle.start(ModelConfig(base=tiny_model_dir, adapter=str(parent.adapter_dir)), name)
 
 
 def test_help_config_lists_every_key_with_its_default_and_help(capsys):
@@ -224,7 +224,7 @@ def test_the_resolved_config_goes_to_the_wandb_config_too(tmp_path):
 
     from trl import SFTConfig
 
-    from alignkit import stage
+    from alignkit import lifecycle
 
     class Config(dict):
         def update(self, values, allow_val_change=False):
@@ -232,6 +232,6 @@ def test_the_resolved_config_goes_to_the_wandb_config_too(tmp_path):
 
     wb = SimpleNamespace(config=Config())
     run_ = runs.start_run(tmp_path, "sft", {})
-    stage.record_config(stage.OpenRun(run_, None, None, wb), SFTConfig(output_dir=str(tmp_path), learning_rate=3e-4, use_cpu=True))
+    lifecycle.record_config(lifecycle.OpenRun(run_, None, None, wb), SFTConfig(output_dir=str(tmp_path), learning_rate=3e-4, use_cpu=True))
     assert run_.manifest["trl_config"]["learning_rate"] == 3e-4 == wb.config["trl_config"]["learning_rate"]
     assert run_.manifest["trl_config"] == wb.config["trl_config"] and run_.manifest["trl_config_class"] == "SFTConfig"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit import runs
-from alignkit.atomic import read_json, write_text
+from alignkit.runs import read_json, write_text
 from alignkit.errors import UserError
 
 CURVES = ("loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "reward", "kl", "eval_accuracy")
