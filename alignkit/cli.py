@@ -56,10 +56,14 @@ def stage(name: str):
 # ---------------------------------------------------------------- what every command shares: arguments, exit codes
 
 
-def add_recipe_args(parser: argparse.ArgumentParser, help_config: bool = False) -> None:
-    """--config, overrides and --debug, as every stage command takes them (and --help-config for a stage)."""
-    parser.add_argument("--config", required=not help_config, help="recipe YAML, e.g. recipes/smollm2/sft.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
+def add_recipe_args(parser: argparse.ArgumentParser, help_config: bool = False, *, required: bool | None = None,
+                    config_help: str = "recipe YAML, e.g. recipes/smollm2/sft.yaml", words: str = "overrides",
+                    words_help: str = "override recipe values") -> None:
+    """--config, the positional `key.sub=value` overrides and --debug, as every command with a recipe takes them
+    (and --help-config for a stage). A command whose words may also be its own sub-commands (`eval classify`,
+    `serve keys add NAME`) passes required=False and its own words_help."""
+    parser.add_argument("--config", required=(not help_config) if required is None else required, help=config_help)
+    parser.add_argument(words, nargs="*", metavar="key.sub=value", help=words_help)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     if help_config:
         parser.add_argument("--help-config", action="store_true",

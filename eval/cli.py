@@ -21,11 +21,12 @@ USAGE = ("alignkit eval --config FILE [--adapter DIR [--parent DIR]] [--suite NA
 
 def register(sub) -> None:
     """Add `eval` (with `eval classify`) and `gate` to the CLI."""
+    from alignkit.cli import add_recipe_args
+
     p = sub.add_parser("eval", help="eval suites on base, prompted base and adapter; classify refusals",
                        usage=USAGE, description=__doc__.splitlines()[0])
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="recipe overrides; or the word `classify` for the refusal classifier")
-    p.add_argument("--config", help="eval recipe YAML, e.g. recipes/smollm2/eval.yaml")
+    add_recipe_args(p, required=False, config_help="eval recipe YAML, e.g. recipes/smollm2/eval.yaml",
+                    words_help="recipe overrides; or the word `classify` for the refusal classifier")
     p.add_argument("--adapter", help="PEFT adapter directory to evaluate (its run gets eval/ and the manifest entry)")
     p.add_argument("--parent", help="the adapter this one was trained from: with reward.model set, the reward-model "
                                     "win rate is taken over its answers instead of the base model's")
@@ -38,15 +39,13 @@ def register(sub) -> None:
     p.add_argument("--labels", metavar="KEY", help="classify: the field holding human labels (refusal|compliance, "
                                                    "XSTest's 1_full_compliance|2_full_refusal|3_partial_refusal, "
                                                    "true|false): prints agreement, precision, recall, confusion table")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=_eval_or_classify)
 
     g = sub.add_parser("gate", help="pass/warn/fail an adapter's eval report against base and parent")
-    g.add_argument("--config", required=True, help="gate recipe YAML, e.g. recipes/smollm2/gate.yaml")
+    add_recipe_args(g, config_help="gate recipe YAML, e.g. recipes/smollm2/gate.yaml",
+                    words_help="override gate recipe values")
     g.add_argument("--candidate", required=True, help="candidate run directory (with eval/report.json)")
     g.add_argument("--parent", help="parent run directory (default: the candidate manifest's parent, if evaluated)")
-    g.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override gate recipe values")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
     g.set_defaults(handler=_gate)
 
 

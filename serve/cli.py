@@ -19,16 +19,16 @@ USAGE = ("alignkit serve --config FILE [--runs DIR] [--host H] [--port P] [key.s
 
 def register(sub) -> None:
     """Add `serve` (with `serve keys` and `serve stats`) to the CLI."""
+    from alignkit.cli import add_recipe_args
+
     p = sub.add_parser("serve", help="serve the promoted adapter (OpenAI API), hot swap, A/B, feedback",
                        usage=USAGE, description=__doc__.splitlines()[0])
-    p.add_argument("words", nargs="*", metavar="key.sub=value",
-                   help="recipe overrides; or `keys add NAME`, `keys list`, `keys remove NAME`, `stats`")
-    p.add_argument("--config", help="serve recipe YAML, e.g. recipes/smollm2/serve.yaml")
+    add_recipe_args(p, required=False, config_help="serve recipe YAML, e.g. recipes/smollm2/serve.yaml", words="words",
+                    words_help="recipe overrides; or `keys add NAME`, `keys list`, `keys remove NAME`, `stats`")
     p.add_argument("--runs", help="the pipeline's run folder (default: the recipe's `runs:`)")
     p.add_argument("--host", help="bind address (default 127.0.0.1; anything else exposes the API)")
     p.add_argument("--port", type=int, help="TCP port (default 8000)")
     p.add_argument("--store", help="stats: the collect store holding production answers (default: the recipe's)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(handler=dispatch)
 
 
