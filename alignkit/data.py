@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from alignkit import curation
 from alignkit.errors import UserError
@@ -61,8 +61,9 @@ def read_records(source: str) -> list[Record]:
     return _read_hub(source)
 
 
-def _read_jsonl(path: Path) -> list[Record]:
-    records = []
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON object is a
+    UserError naming `file:line`."""
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -73,8 +74,11 @@ def _read_jsonl(path: Path) -> list[Record]:
                 raise UserError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise UserError(f"{path}:{n}: expected a JSON object per line, got {type(obj).__name__}")
-            records.append(Record(obj, f"{path}:{n}"))
-    return records
+            yield n, obj
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    return [Record(obj, f"{path}:{n}") for n, obj in jsonl_objects(path)]
 
 
 def _read_json(path: Path) -> list[Record]:
@@ -242,7 +246,7 @@ def record_text(value: Any) -> str:
     return ""
 
 
-# ---- SFT records to curated splits ---------------------------------------------------------------------
+# ---------------------------------------------------------------- SFT records to curated splits
 
 
 @dataclass

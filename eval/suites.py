@@ -134,16 +134,10 @@ def _detect(path: Path, source: str) -> str:
         with open(path, encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), [])
         return _format_of_columns(set(header), f"{path}:1")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(first, dict):
-                    raise UserError(f"{path}:{n}: expected a JSON object per line")
-                return _format_of_columns(set(first), f"{path}:{n}")
+    from alignkit.data import jsonl_objects
+
+    for n, first in jsonl_objects(path):
+        return _format_of_columns(set(first), f"{path}:{n}")
     raise UserError(f"{path}: empty file")
 
 
