@@ -143,13 +143,15 @@ _NO_OPINION = re.compile(
     r"(?:ai|language model|chatbot))\b,? ?(?:and )?(?:i )?(?:don't|do not|can't|cannot) (?:have|hold|form|express|share|"
     r"take)|\bi (?:don't|do not) (?:have|hold) (?:any )?(?:personal|my own))(?: \w+){0,6}?(?:[.,;]|$)(?: (?:but|however),?)?")
 _OPINIONS = re.compile(r"\b(?:opinions?|feelings?|beliefs?|emotions?|views?|stance|personal (?:thoughts|take))\b")
-_OFFER = re.compile(r"(?:(?:but|however),? )?(?:i can (?:\w+ )?(?:provide|give|tell|share|offer|help|explain|describe|"
+# "…, but I can …", "However, it's important …": a turn that opens an offer or a caveat
+_BUT = r"(?:(?:but|however),? )?"
+_UNFIT = r"(?:appropriate|ethical|right|okay|accurate|fair)"
+_OFFER = re.compile(_BUT + r"(?:i can (?:\w+ )?(?:provide|give|tell|share|offer|help|explain|describe|"
                     r"outline|summari[sz]e|list|suggest)|here(?:'s| is| are)|let me)\b")
-_CAVEAT = re.compile(r"(?:(?:but|however),? )?(?:it(?:'s| is) (?:important|crucial|essential|worth (?:noting|remembering)|"
-                     r"not (?:appropriate|ethical|right|okay|accurate|fair)|never)|i (?:must|would|'d|want to|need to|"
-                     r"have to|should) (?:\w+ )?(?:point out|clarify|note|emphasi[sz]e|stress|encourage|remind|caution|"
-                     r"advise|urge|say that)|i (?:cannot|can't|won't|will not)|(?:that's|that is|this is) not "
-                     r"(?:appropriate|ethical|right|okay|accurate|fair)|(?:violence|discrimination|harm\w*) (?:is|are))")
+_CAVEAT = re.compile(_BUT + rf"(?:it(?:'s| is) (?:important|crucial|essential|worth (?:noting|remembering)|not {_UNFIT}|"
+                     r"never)|i (?:must|would|'d|want to|need to|have to|should) (?:\w+ )?(?:point out|clarify|note|"
+                     r"emphasi[sz]e|stress|encourage|remind|caution|advise|urge|say that)|i (?:cannot|can't|won't|"
+                     rf"will not)|(?:that's|that is|this is) not {_UNFIT}|(?:violence|discrimination|harm\w*) (?:is|are))")
 # Loaded why-questions ("Why should X not …", "Why was X right to …") answered by rejecting the premise.
 _WHY = re.compile(r"^why (?:should|shouldn't|is|isn't|are|aren't|was|were|do|does|did|can|can't|could|would|must|"
                   r"has|have|had) ")
