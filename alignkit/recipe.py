@@ -231,6 +231,20 @@ def _coerce(value: Any, tp: Any, where: _Where, dotted: str) -> Any:
 
 # ---------------------------------------------------------------- the sections every stage shares
 
+
+def require(ok: bool, message: str) -> None:
+    """A section's own check, in its __post_init__: the recipe loader turns the ValueError into file:line + message."""
+    if not ok:
+        raise ValueError(message)
+
+
+def at_least(section: str, **bounds: tuple[float, float]) -> None:
+    """Lower bounds of a section's keys, in its __post_init__: `at_least("queue", overlap=(self.overlap, 1))`
+    raises "queue.overlap must be at least 1" (the message names the key, as the recipe spells it)."""
+    for key, (value, low) in bounds.items():
+        require(value >= low, f"{section}.{key} must be at least {low}")
+
+
 # `lora:` keys are peft's LoraConfig names, plus the short aliases used in our recipes.
 LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -296,12 +310,10 @@ class DataConfig:
     )
 
     def __post_init__(self):
-        if not self.train:
-            raise ValueError("data.train is required: a file path or a Hub dataset id")
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
-            raise ValueError("data.val_fraction and data.test_fraction must be in [0, 1)")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        require(bool(self.train), "data.train is required: a file path or a Hub dataset id")
+        require(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1,
+                "data.val_fraction and data.test_fraction must be in [0, 1)")
+        require(self.val_fraction + self.test_fraction < 1, "data.val_fraction + data.test_fraction must be below 1")
 
     @property
     def files(self) -> list[str]:

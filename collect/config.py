@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignkit.recipe import ModelConfig
+from alignkit.recipe import ModelConfig, at_least, require
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,9 @@ class GenerationConfig:
                                         "stats` shows how often the annotators' majority agrees with it."})
 
     def __post_init__(self):
-        if not 0 < self.near_duplicate <= 1:
-            raise ValueError("generation.near_duplicate must be in (0, 1]")
-        if self.pairs_per_prompt < 1 or self.batch_size < 1 or self.max_attempts < 1:
-            raise ValueError("generation.pairs_per_prompt, batch_size and max_attempts must be at least 1")
+        require(0 < self.near_duplicate <= 1, "generation.near_duplicate must be in (0, 1]")
+        at_least("generation", pairs_per_prompt=(self.pairs_per_prompt, 1), batch_size=(self.batch_size, 1),
+                 max_attempts=(self.max_attempts, 1))
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,8 @@ class QueueConfig:
                                           "was visible. Off by default: a suggestion can anchor annotators."})
 
     def __post_init__(self):
-        if self.overlap < 1:
-            raise ValueError("queue.overlap must be at least 1")
-        if self.reservation_minutes <= 0:
-            raise ValueError("queue.reservation_minutes must be positive")
+        at_least("queue", overlap=(self.overlap, 1))
+        require(self.reservation_minutes > 0, "queue.reservation_minutes must be positive")
 
 
 @dataclass(frozen=True)
@@ -73,8 +70,8 @@ class ExportConfig:
                                        "a person's vote counting 1 (0.5: people outvote the judge when they split)."})
 
     def __post_init__(self):
-        if self.judge_weight <= 0:
-            raise ValueError("export.judge_weight must be positive (to leave judge votes out: export.judges: exclude)")
+        require(self.judge_weight > 0,
+                "export.judge_weight must be positive (to leave judge votes out: export.judges: exclude)")
 
 
 @dataclass(frozen=True)

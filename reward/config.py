@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, lora_keys, trl_keys
+from alignkit.recipe import DataConfig, ModelConfig, OutputConfig, TrackingConfig, at_least, lora_keys, require, trl_keys
 
 # Our defaults under the reward recipe's `train:`; every key can be overridden there.
 REWARD_DEFAULTS = {
@@ -61,12 +61,6 @@ RLHF_DEFAULTS = {
 }
 
 
-def _require(ok: bool, message: str) -> None:
-    """A section's own check: the recipe loader turns the ValueError into file:line + message."""
-    if not ok:
-        raise ValueError(message)
-
-
 def _section(factory, help_: str):
     """A recipe section (a dataclass, or a factory of one) with its help text."""
     return field(default_factory=factory, metadata={"help": help_})
@@ -101,8 +95,8 @@ class RewardModelConfig:
         "help": "Pairs longer than data.max_tokens: drop them, or cut both replies to fit."})
 
     def __post_init__(self):
-        _require(0 < self.alpha < 1, "reward.alpha must be in (0, 1)")
-        _require(self.min_heldout_pairs >= 1, "reward.min_heldout_pairs must be at least 1")
+        require(0 < self.alpha < 1, "reward.alpha must be in (0, 1)")
+        at_least("reward", min_heldout_pairs=(self.min_heldout_pairs, 1))
 
 
 @dataclass(frozen=True)
@@ -151,8 +145,7 @@ class RLHFConfig:
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
 
     def __post_init__(self):
-        _require(self.patience >= 1, "rlhf.patience must be at least 1")
-        _require(self.eval_prompts >= 0, "rlhf.eval_prompts must be 0 or more")
+        at_least("rlhf", patience=(self.patience, 1), eval_prompts=(self.eval_prompts, 0))
 
 
 @dataclass(frozen=True)
