@@ -114,7 +114,7 @@ class Metrics:
         self.refused = Counter("alignkit_refusals", "Sampled answers the detector calls refusals", labels,
                                registry=self.registry)
         self.swaps = Gauge("alignkit_swaps", "Adapter swaps since start", registry=self.registry)
-        self.batch = Gauge("alignkit_mean_batch", "Requests per generate batch (mean)", registry=self.registry)
+        self.batch = Gauge("alignkit_mean_batch", "Rows per decode step (mean): requests sharing each forward pass", registry=self.registry)
 
 
 def _str(body: dict, key: str, required: bool = True) -> str | None:
