@@ -22,8 +22,8 @@ def register(sub) -> None:
 
 def check(args: argparse.Namespace) -> int:
     """Print the curation report of the given files."""
-    from alignkit.models import load_tokenizer
     from alignkit.data import prepare_conversations
+    from alignkit.models import load_tokenizer
 
     cfg = DataConfig(train=list(args.files), val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                      max_tokens=args.max_tokens)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit import distributed, registry, runs
+from alignkit import distributed, promotion, runs
 from alignkit.cli import STAGES
 from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
@@ -134,7 +134,9 @@ class Pipeline:
         st = stage_of(spec.stage)
         seed = [f"train.seed={self.recipe.seed}"] if self.recipe.seed is not None else []
         recipe = load_recipe(spec.recipe, st.recipe, self._common([*spec.overrides, *seed]))
-        from alignkit import lifecycle as stage  # the lifecycle imports transformers: not at `alignkit --help`
+        from alignkit import (
+            lifecycle as stage,  # the lifecycle imports transformers: not at `alignkit --help`
+        )
 
         return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
                                  pairs=pairs, conversations=pairs, prompts=pairs,
@@ -223,7 +225,7 @@ class Pipeline:
     def _promote(self, passed: runs.Run | None) -> None:
         promoted = runs.read_registry(self.root).get("promoted")
         if self.recipe.promote and passed is not None and promoted != passed.id:
-            registry.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
+            promotion.promote(self.root, passed.id, reason=f"pipeline {self.recipe.name}: last passing stage")
 
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
         """The stage's work as the lifecycle fingerprints it (recipe, TRL settings, library versions), before its
@@ -312,13 +314,14 @@ class Pipeline:
 
     def _print_headline(self, summary: list[dict[str, Any]]) -> None:
         """What changed: the gated suites' headline metrics for base, prompted base and each stage."""
-        from alignkit.runs import read_json
         from alignkit.pipeline_report import suite_table
+        from alignkit.runs import read_json
 
         base = read_json(self.root / "base" / "eval" / "report.json", None)
         stages = [(row["stage"], read_json(self.root / row["run"] / "eval" / "report.json", None)) for row in summary]
         table = suite_table(base, [(label, rep) for label, rep in stages if rep])
-        labels = ["base", "prompted"] + [label for label, rep in stages if rep]
+        arms = [a for a in ("base", "prompted") if any(a in row for row in table.values())]  # an arm may be off
+        labels = arms + [label for label, rep in stages if rep]
         rows = [m for m in HEADLINE if m in table]
         if not rows:
             return

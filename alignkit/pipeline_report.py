@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from alignkit import runs
-from alignkit.runs import read_json, write_text
 from alignkit.errors import UserError
+from alignkit.runs import read_json, write_text
 
 CURVES = ("loss", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "reward", "kl", "eval_accuracy")
 SAMPLE_SUITES = ("harmful", "benign")

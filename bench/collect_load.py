@@ -162,8 +162,9 @@ def make_sessions(url: str, users: list[str]) -> dict[str, str]:
     import hashlib
     import secrets
 
-    from collect.store import LoginSession, Store, User
     from sqlalchemy import select
+
+    from collect.store import LoginSession, Store, User
 
     store, tokens = Store(url), {}
     with store.write() as s:

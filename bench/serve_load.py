@@ -46,7 +46,7 @@ def make_runs(root: Path) -> tuple[str, str]:
     """A run folder with two promoted-able LoRA adapters on the embedded model (random B: answers differ)."""
     import torch
 
-    from alignkit import models, registry, runs
+    from alignkit import models, promotion, runs
     from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer("smollm2-135m-instruct")
@@ -64,7 +64,7 @@ def make_runs(root: Path) -> tuple[str, str]:
         run.finish("completed", gate="pass")
         ids.append(run.id)
         time.sleep(1.1)
-    registry.promote(root, ids[0])
+    promotion.promote(root, ids[0])
     return ids[0], ids[1]
 
 
@@ -135,11 +135,11 @@ def load(client, clients: int, per_client: int, tokens: int, swaps: list[float] 
 def main() -> None:
     import uvicorn
 
-    from alignkit import registry
+    from alignkit import promotion
     from alignkit.recipe import ModelConfig
     from serve import keys
     from serve.cli import build
-    from serve.config import EngineConfig, FeedbackConfig, ServeRecipe, ServerConfig
+    from serve.config import EngineConfig, FeedbackConfig, ServerConfig, ServeRecipe
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
@@ -184,9 +184,9 @@ def main() -> None:
             if stop.wait(1.0):
                 return
             if n % 2 == 0:
-                registry.promote(runs_dir, b)
+                promotion.promote(runs_dir, b)
             else:
-                registry.rollback(runs_dir)
+                promotion.rollback(runs_dir)
             target = b if n % 2 == 0 else a
             while app.state.router.current != target:
                 time.sleep(0.01)

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -69,9 +68,8 @@ print("RESULT " + json.dumps({"seconds": seconds, "adapter": str(result.adapter_
 
 def records(n: int) -> tuple[list[dict], list[dict]]:
     """n train and n/4 val prompt/completion rows from the bundled demo data (hash split, so stable)."""
-    from alignkit.data import load_conversations, to_prompt_completion
     from alignkit.curation import split_of
-    from alignkit.data import prompt_key
+    from alignkit.data import load_conversations, prompt_key, to_prompt_completion
 
     conversations, _ = load_conversations([str(ROOT / "recipes/data/sft_demo.jsonl")])
     train, val = [], []

@@ -48,7 +48,7 @@ def load(args, overrides):
     from dataclasses import replace
 
     from alignkit.recipe import load_recipe
-    from serve.config import ServeRecipe, ServerConfig
+    from serve.config import ServerConfig, ServeRecipe
 
     recipe = load_recipe(args.config, ServeRecipe, overrides) if args.config else ServeRecipe()
     if args.host or args.port:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from alignkit.sections import ModelConfig
+from alignkit.recipe import ModelConfig
 
 
 @dataclass(frozen=True)

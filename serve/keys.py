@@ -12,8 +12,8 @@ import secrets
 import time
 from pathlib import Path
 
-from alignkit.atomic import write_text
 from alignkit.errors import UserError
+from alignkit.runs import write_text
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FILE = "serve_keys.json"

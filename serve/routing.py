@@ -17,7 +17,7 @@ from pathlib import Path
 
 from alignkit import runs
 from alignkit.errors import UserError
-from alignkit.registry import PASSING
+from alignkit.promotion import PASSING
 
 log = logging.getLogger("alignkit.serve")
 

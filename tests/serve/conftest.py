@@ -17,7 +17,7 @@ def _adapter(base: str, out: Path, seed: int) -> None:
     import torch
 
     from alignkit import models
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer(base)
     model = models.attach_lora(models.load_model(ModelConfig(base=base)), {"r": 4, "lora_alpha": 8,
@@ -65,7 +65,7 @@ def make_runs(root: Path, adapters: dict[str, Path], promote: str | None = "sft"
     """A run folder with runs sft (pass), dpo (warn, child of sft) and bad (fail); `promote` names one."""
     import shutil
 
-    from alignkit import registry, runs
+    from alignkit import promotion, runs
 
     ids = {}
     for name, gate in (("sft", "pass"), ("dpo", "warn"), ("bad", "fail")):
@@ -75,7 +75,7 @@ def make_runs(root: Path, adapters: dict[str, Path], promote: str | None = "sft"
         ids[name] = run.id
         time.sleep(0.01)
     if promote:
-        registry.promote(root, ids[promote])
+        promotion.promote(root, ids[promote])
     return ids
 
 
@@ -120,8 +120,8 @@ class Live:
 
 
 def recipe_for(base: str, tmp_path: Path, **sections):
-    from alignkit.sections import ModelConfig
-    from serve.config import EngineConfig, FeedbackConfig, ServeRecipe, ServerConfig
+    from alignkit.recipe import ModelConfig
+    from serve.config import EngineConfig, FeedbackConfig, ServerConfig, ServeRecipe
 
     recipe = ServeRecipe(model=ModelConfig(base=base), engine=EngineConfig(max_batch=8, max_wait_ms=20),
                          server=ServerConfig(port=free_port(), watch_interval_s=0.1, default_max_tokens=8,

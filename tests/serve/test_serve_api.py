@@ -113,7 +113,7 @@ def test_rate_limit_per_key(tiny_model_dir, adapters, tmp_path):
 def test_nothing_promoted_starts_and_says_so_then_picks_up_a_promotion(tiny_model_dir, adapters, tmp_path):
     import time
 
-    from alignkit import registry
+    from alignkit import promotion
     from tests.serve.conftest import Live, make_runs, recipe_for
 
     ids = make_runs(tmp_path / "demo", adapters, promote=None)
@@ -123,7 +123,7 @@ def test_nothing_promoted_starts_and_says_so_then_picks_up_a_promotion(tiny_mode
         assert "nothing promoted yet" in models["demo"].model_extra["alignkit"]["message"]
         r = _post(server, "/v1/chat/completions", {"model": "demo", "messages": HELLO})
         assert r.status_code == 503 and "runs --dir" in r.json()["error"]["message"] and "promote" in r.text
-        registry.promote(tmp_path / "demo", ids["dpo"])
+        promotion.promote(tmp_path / "demo", ids["dpo"])
         deadline = time.monotonic() + 5
         while server.router.current != ids["dpo"]:
             assert time.monotonic() < deadline, "promotion not picked up"

@@ -21,7 +21,7 @@ COLORS = [{"role": "system", "content": "You answer briefly."},
 
 
 def _engine(base: str, **kw):
-    from alignkit.sections import ModelConfig
+    from alignkit.recipe import ModelConfig
     from serve.engine import TransformersEngine
 
     kw.setdefault("max_wait_ms", 0)

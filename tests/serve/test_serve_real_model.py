@@ -12,8 +12,8 @@ from tests.serve.conftest import Live, free_port
 
 
 def _embedded_runs(tmp_path: Path) -> str:
-    from alignkit import models, registry, runs
-    from alignkit.sections import ModelConfig
+    from alignkit import models, promotion, runs
+    from alignkit.recipe import ModelConfig
 
     tokenizer, _ = models.load_tokenizer("smollm2-135m-instruct")
     model = models.attach_lora(models.load_model(ModelConfig()), {"r": 4, "lora_alpha": 8,
@@ -21,14 +21,14 @@ def _embedded_runs(tmp_path: Path) -> str:
     run = runs.start_run(tmp_path / "demo", "sft", {})
     models.save_adapter(model, tokenizer, run.adapter_dir)  # B = 0: answers as the base model does
     run.finish("completed", gate="pass")
-    registry.promote(tmp_path / "demo", run.id)
+    promotion.promote(tmp_path / "demo", run.id)
     return run.id
 
 
 @pytest.mark.slow
 def test_openai_client_chats_with_the_embedded_model(tmp_path):
-    from alignkit.sections import ModelConfig
-    from serve.config import FeedbackConfig, ServeRecipe, ServerConfig
+    from alignkit.recipe import ModelConfig
+    from serve.config import FeedbackConfig, ServerConfig, ServeRecipe
 
     run_id = _embedded_runs(tmp_path)
     recipe = ServeRecipe(model=ModelConfig(), server=ServerConfig(port=free_port(), watch_interval_s=0.2),
@@ -48,8 +48,8 @@ def test_vllm_engine_serves_and_swaps_adapters(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available() or shutil.which("vllm") is None:
         pytest.skip("needs a CUDA GPU and vllm installed")
-    from alignkit.sections import ModelConfig
-    from serve.config import EngineConfig, FeedbackConfig, ServeRecipe, ServerConfig
+    from alignkit.recipe import ModelConfig
+    from serve.config import EngineConfig, FeedbackConfig, ServerConfig, ServeRecipe
 
     first = _embedded_runs(tmp_path)
     recipe = ServeRecipe(model=ModelConfig(), engine=EngineConfig(kind="vllm", vllm_args=["--gpu-memory-utilization",

@@ -7,7 +7,7 @@ import threading
 import time
 from dataclasses import replace
 
-from alignkit import registry
+from alignkit import promotion
 
 HELLO = [{"role": "user", "content": "Tell me a story."}]
 
@@ -43,9 +43,9 @@ def test_ten_swaps_under_load_lose_no_request(live):
     sft, dpo = live.ids["sft"], live.ids["dpo"]
     for n in range(10):  # promote DPO, roll back to SFT, five times
         if n % 2 == 0:
-            registry.promote(live.runs_dir, dpo)
+            promotion.promote(live.runs_dir, dpo)
         else:
-            registry.rollback(live.runs_dir)
+            promotion.rollback(live.runs_dir)
         target = dpo if n % 2 == 0 else sft
         _wait(lambda: live.router.current == target)
         time.sleep(0.3)  # let requests run on the new adapter
@@ -62,7 +62,7 @@ def test_ten_swaps_under_load_lose_no_request(live):
 
 
 def test_a_promoted_run_whose_gate_failed_is_refused_and_logged(live):
-    registry.promote(live.runs_dir, live.ids["bad"], force=True, reason="testing the server's refusal")
+    promotion.promote(live.runs_dir, live.ids["bad"], force=True, reason="testing the server's refusal")
     _wait(lambda: live.router.refused)
     assert live.router.current == live.ids["sft"] and "gate 'fail'" in live.router.refused[-1]["reason"]
     done = live.client().chat.completions.create(model="demo", messages=HELLO, max_tokens=4)
