@@ -112,8 +112,11 @@ class Pipeline:
         from eval.config import EvalRecipe, GateRecipe
 
         self.eval_recipe = load_recipe(recipe.eval.recipe, EvalRecipe, self._common(recipe.eval.overrides))
-        self.collect_overrides = [*recipe.collect.overrides,  # the round's samples follow the pipeline's seed
+        # One pipeline seed, where set, is the round's prompt draw and its samples too
+        self.draw_seed = recipe.collect.seed if recipe.seed is None else recipe.seed
+        self.collect_overrides = [*recipe.collect.overrides,
                                   *([f"generation.seed={recipe.seed}"] if recipe.seed is not None else [])]
+        self.collect_recipe = None  # loaded once, here: a typo fails before any training starts
         for spec in self.specs:  # load every recipe now: a typo fails before any training starts
             distributed.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
@@ -122,7 +125,7 @@ class Pipeline:
         if any(spec.pairs == "collect" for spec in self.specs):
             from collect.config import CollectRecipe
 
-            load_recipe(recipe.collect.recipe, CollectRecipe, self.collect_overrides)
+            self.collect_recipe = load_recipe(recipe.collect.recipe, CollectRecipe, self.collect_overrides)
 
     def _common(self, overrides: list[str]) -> list[str]:
         t = self.recipe.tracking
@@ -134,11 +137,10 @@ class Pipeline:
         st = stage_of(spec.stage)
         seed = [f"train.seed={self.recipe.seed}"] if self.recipe.seed is not None else []
         recipe = load_recipe(spec.recipe, st.recipe, self._common([*spec.overrides, *seed]))
-        from alignkit import (
-            lifecycle as stage,  # the lifecycle imports transformers: not at `alignkit --help`
-        )
+        # the lifecycle imports transformers: not at `alignkit --help`
+        from alignkit import lifecycle
 
-        return stage.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
+        return lifecycle.with_inputs(st, recipe, adapter=parent.adapter_dir if parent else None,
                                  pairs=pairs, conversations=pairs, prompts=pairs,
                                  reward_model=reward.path if reward else None)
 
@@ -158,9 +160,9 @@ class Pipeline:
         try:
             code, why = self._run_stages(summary)
         finally:
-            from alignkit import pipeline_report as report
+            from alignkit import pipeline_report
 
-            path = report.write(self.root)
+            path = pipeline_report.write(self.root)
         self._print_summary(summary)
         if why:
             print(f"pipeline stopped: {why}")
@@ -190,9 +192,9 @@ class Pipeline:
             else:
                 print(f"== {spec.stage}: training ({spec.recipe})")
                 try:
-                    from alignkit import lifecycle as stage
+                    from alignkit import lifecycle
 
-                    run = (stage.run(st, stage_recipe) if spec.launch.kind is None  # this process
+                    run = (lifecycle.run(st, stage_recipe) if spec.launch.kind is None  # this process
                            else distributed.run_launched(st, stage_recipe, spec.launch))  # N, rank 0 reports
                 except TrainingFailed as e:
                     self._promote(passed)
@@ -230,14 +232,14 @@ class Pipeline:
     def _fingerprint(self, spec: StageSpec, stage_recipe, parent, reward) -> str:
         """The stage's work as the lifecycle fingerprints it (recipe, TRL settings, library versions), before its
         data is curated: the input files' sha256s, the parent and reward runs, and the gate."""
-        from alignkit import lifecycle as stage
+        from alignkit import lifecycle
 
         st = stage_of(spec.stage)
         files = stage_recipe.data.files if hasattr(stage_recipe, "data") else []
         shas = {f: runs.sha256_file(f) for f in files if Path(f).is_file()}
         gate = runs.sha256_file(spec.gate) if spec.gate else None
-        return stage.fingerprint(spec.stage, stage_recipe, shas, parent.id if parent else None,
-                                 stage.trl_kwargs(st.defaults, stage_recipe.train), reward.id if reward else None, gate)
+        return lifecycle.fingerprint(spec.stage, stage_recipe, shas, parent.id if parent else None,
+                                     lifecycle.trl_kwargs(st.defaults, stage_recipe.train), reward.id if reward else None, gate)
 
     def _completed(self, fp: str) -> runs.Run | None:
         reg = runs.read_registry(self.root)
@@ -274,25 +276,23 @@ class Pipeline:
         With a program as annotator the round runs here: the parent adapter's own answers to the round's
         prompts, the judge's votes, the export. With humans, the pairs exported from the store so far.
         """
-        from collect.config import CollectRecipe
         from collect.export import ExportRules, write
         from collect.round import fill, open_round, run_round
 
         src = self.recipe.collect
         name = parent.id if parent else "base"
         url = src.store.replace("{parent}", name).replace("{output}", self.recipe.output)
-        recipe = load_recipe(src.recipe, CollectRecipe, self.collect_overrides)
-        draw_seed = src.seed if self.recipe.seed is None else self.recipe.seed
+        recipe = self.collect_recipe
         adapter = str(parent.adapter_dir) if parent else None
         log = lambda line: print("   " + line, flush=True)  # noqa: E731
         if src.annotator != "humans":
             out = self.root / "rounds" / f"{name}.pairs.jsonl"
             print(f"== collect round: {name} answers {src.prompts or 'all'} prompts, {src.annotator} votes")
             n = run_round(url, recipe, recipe.prompts, adapter, src.annotator, out, src.prompts, src.min_prompts,
-                          src.min_margin, draw_seed, log=log)
+                          src.min_margin, self.draw_seed, log=log)
         else:
             out = self.root / "pairs.jsonl"
-            store = open_round(url, recipe, recipe.prompts, src.prompts, src.min_prompts, draw_seed, machine=False)
+            store = open_round(url, recipe, recipe.prompts, src.prompts, src.min_prompts, self.draw_seed, machine=False)
             n = write(store.dump(), out, ExportRules(min_votes=src.min_votes), store.overlap, dataset=False)["pairs"]
             if n < src.min_pairs:  # the annotators find the adapter's answers waiting for them
                 print(f"== collect: {name}'s candidate pairs for the annotators")
