@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from alignkit import distributed
+from alignkit import distributed, launch
 from alignkit.errors import TrainingFailed, UserError
 
 # The stage table: name → (the stage package's `Stage` value, help). The CLI, the pipeline and the recipe tests
@@ -164,7 +164,7 @@ def run_recipe(args: argparse.Namespace, recipe_cls: type, run: Callable[[Any], 
 def _stage_command(args: argparse.Namespace, name: str) -> int:
     quiet_libraries()  # before the stage's imports (bitsandbytes speaks at import)
     spec = launch_spec(args)
-    if spec.kind is None or distributed.launched() or args.help_config:
+    if spec is None or distributed.launched() or args.help_config:
         return run_stage(args, stage(name))
     return _launch(args, name, spec)
 
@@ -175,7 +175,7 @@ def _stage_command(args: argparse.Namespace, name: str) -> int:
 def add_launch_args(parser: argparse.ArgumentParser) -> None:
     """--launcher and its sizes: run the stage as several processes (torchrun, accelerate) or Ray Train workers."""
     g = parser.add_argument_group("several processes")
-    g.add_argument("--launcher", choices=distributed.ENGINES,
+    g.add_argument("--launcher", choices=launch.ENGINES,
                    help="run under torchrun / accelerate launch on this machine, or as a Ray Train job")
     g.add_argument("--processes", "--workers", type=int, default=None, metavar="N",
                    help="processes (or Ray workers); default 2 with --launcher, the accelerate config's with one")
@@ -183,34 +183,34 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", metavar="ADDR", help="Ray cluster (default: RAY_ADDRESS, else a local one)")
 
 
-def launch_spec(args: argparse.Namespace) -> "distributed.LaunchSpec":
-    """The LaunchSpec the command-line flags ask for (engine None: this process)."""
+def launch_spec(args: argparse.Namespace) -> "launch.LaunchSpec | None":
+    """The LaunchSpec the command-line flags ask for; None without --launcher: the stage runs in this process."""
     if not getattr(args, "launcher", None):
-        return distributed.LaunchSpec()
+        return None
     n = args.processes if args.processes is not None else (1 if args.launch_config else 2)
     try:
         if args.launcher == "ray":
-            return distributed.LaunchSpec(engine="ray", workers=n, address=args.ray_address)
-        return distributed.LaunchSpec(engine=args.launcher, processes=n, config=args.launch_config)
+            return launch.LaunchSpec(engine="ray", workers=n, address=args.ray_address)
+        return launch.LaunchSpec(engine=args.launcher, processes=n, config=args.launch_config)
     except ValueError as e:
         raise UserError(str(e)) from None
 
 
-def _launch(args: argparse.Namespace, name: str, spec: "distributed.LaunchSpec") -> int:
+def _launch(args: argparse.Namespace, name: str, spec: "launch.LaunchSpec") -> int:
     """Check the recipe and the launch here, then start the workers: a bad key or launch exits 2 before any does."""
     from alignkit.recipe import load_recipe
 
     if not args.config:
         raise UserError("--config FILE is required")
     st = stage(name)
-    distributed.preflight(spec)
+    launch.preflight(spec)
     recipe = load_recipe(args.config, st.recipe, args.overrides)
     if spec.kind == "ray":
         from alignkit import ray_engine
 
         print(f"run: {ray_engine.run(st, recipe, spec).path}")
         return 0
-    return distributed.launch(spec, [name, "--config", args.config, *args.overrides, *(["--debug"] * args.debug)])
+    return launch.launch(spec, [name, "--config", args.config, *args.overrides, *(["--debug"] * args.debug)])
 
 
 # ---------------------------------------------------------------- the parser and the entry point
@@ -235,12 +235,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 @functools.lru_cache(maxsize=1)
 def eval_texts() -> tuple[str, ...]:
     """The bundled eval suites' prompts, questions and passages: training records sharing a 13-gram with one are
-    counted in every data report (and dropped with data.decontaminate)."""
-    from eval.config import SuiteSpec
-    from eval.suites import BUNDLED, load_suite
+    counted in every data report (and dropped with data.decontaminate). Read as the files' raw text fields: the
+    eval stage validates the suites; curation only needs their words."""
+    from alignkit.data import jsonl_objects
+    from eval.suites import BUNDLED, DATA
 
-    return tuple(str(item[k]) for name in BUNDLED for item in load_suite(SuiteSpec(name=name)).items
-                 for k in ("prompt", "question", "text", "goal") if item.get(k))
+    return tuple(str(obj[k]) for file, _, _ in BUNDLED.values() for _, obj in jsonl_objects(DATA / file)
+                 for k in ("prompt", "question", "text", "goal") if obj.get(k))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
+import os
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -99,13 +100,20 @@ class Stage:
         return getattr(importlib.import_module(module or "trl"), attr)
 
 
+def one_process() -> bool:
+    """True when no launcher started this process (torchrun, accelerate and Ray Train set WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR): nothing to join and no rank to agree with, so the run is opened without alignkit.distributed."""
+    return not {"WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"} & os.environ.keys()
+
+
 def run(stage: Stage, recipe: Any) -> runs.Run:
     """Run `stage` on `recipe` from tokenizer to closed manifest; returns the completed run.
 
     Under a launcher every rank runs this function: rank 0 curates the data and opens the run (the others
     receive both), every rank builds the trainer and trains, rank 0 writes what is written once."""
-    distributed.init()
-    distributed.check_shared(recipe.output.dir)  # a rank that cannot see the run folder: exit 2, nothing trained
+    if not one_process():
+        distributed.init()
+        distributed.check_shared(recipe.output.dir)  # a rank that cannot see the run folder: exit 2, nothing trained
     tokenizer, template_sha, parent = start(recipe.model, stage.name)
     data = load_data(stage, recipe, tokenizer)
     args = resolve_config(stage, recipe, data.trl)
@@ -135,33 +143,15 @@ def run(stage: Stage, recipe: Any) -> runs.Run:
 
 
 def load_data(stage: Stage, recipe, tokenizer) -> Data:
-    """`stage.load_data`, curated once: rank 0 curates and sends the datasets to the other ranks. Data holding
-    live objects (RLHF's reward function) cannot be sent; then the others load their own after rank 0."""
-    if distributed.world_size() == 1:
+    """`stage.load_data`, curated once: under a launcher rank 0 curates and sends the datasets to the others."""
+    if one_process():
         return stage.load_data(recipe, tokenizer)
-    import pickle
-
-    mine: dict[str, Data] = {}
-
-    def curate() -> bytes | None:
-        mine["data"] = stage.load_data(recipe, tokenizer)
-        try:
-            return pickle.dumps(mine["data"])
-        except (pickle.PicklingError, TypeError, AttributeError):
-            return None
-
-    blob = distributed.on_main(curate)
-    if distributed.is_main():
-        return mine["data"]
-    if blob is not None:
-        return pickle.loads(blob)
-    with contextlib.redirect_stdout(io.StringIO()):  # rank 0 printed the data report
-        return distributed.every_rank(lambda: stage.load_data(recipe, tokenizer))
+    return distributed.share(lambda: stage.load_data(recipe, tokenizer))
 
 
 def open_shared(recipe: Any, stage: str, **kwargs: Any) -> "OpenRun":
     """`open_run` on rank 0; the other ranks get its run directory and checkpoint, with writes switched off."""
-    if distributed.world_size() == 1:
+    if one_process():
         return open_run(recipe, stage, **kwargs)
     mine: dict[str, OpenRun] = {}
 
@@ -198,31 +188,17 @@ def evaluate(ctx: Context, trainer) -> None:
 
 
 def save_adapter(ctx: Context, model) -> None:
-    """The trained adapter (and the tokenizer) into the run's adapter/, written once, by rank 0.
-
-    Under FSDP the parameters are sharded: every rank takes part in gathering the full state dict first."""
+    """The trained adapter (and the tokenizer) into the run's adapter/, written once, by rank 0."""
     from alignkit import models
 
-    trainer = ctx.trainer
-    if distributed.world_size() > 1 and trainer is not None and getattr(trainer, "is_fsdp_enabled", False):
-        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # a collective: every rank
-        unwrapped = trainer.accelerator.unwrap_model(model)
-        distributed.on_main(lambda: models.save_adapter(_with_state(unwrapped, state_dict), ctx.tokenizer,
-                                                       ctx.run.adapter_dir))
+    def save(model) -> None:
+        models.save_adapter(model, ctx.tokenizer, ctx.run.adapter_dir)
+
+    if distributed.save_sharded(ctx.trainer, model, save):  # FSDP: gathered over the ranks first
         return
-    if trainer is not None:
-        model = trainer.accelerator.unwrap_model(model)
-    distributed.on_main(lambda: models.save_adapter(model, ctx.tokenizer, ctx.run.adapter_dir))
-
-
-class _with_state:
-    """A model whose save_pretrained writes a given (gathered) state dict."""
-
-    def __init__(self, model, state_dict):
-        self.model, self.state_dict = model, state_dict
-
-    def save_pretrained(self, path):
-        self.model.save_pretrained(path, state_dict=self.state_dict)
+    if ctx.trainer is not None:
+        model = ctx.trainer.accelerator.unwrap_model(model)
+    distributed.on_main(lambda: save(model))
 
 
 def start(model_cfg, stage_name: str = "this"):
@@ -312,7 +288,7 @@ def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Ru
     """Start a run for `recipe`, or reopen an interrupted one with the same fingerprint (resume: auto).
 
     More processes are other work (another effective batch): their world size is in the fingerprint."""
-    size = distributed.world_size()
+    size = 1 if one_process() else distributed.world_size()
     fp = fingerprint(stage, recipe, inputs, parent.id if parent else None, config_dict(config),
                      *([{"world_size": size}] if size > 1 else []))
     run, resume_from = None, None
@@ -321,7 +297,7 @@ def open_run(recipe: Any, stage: str, *, inputs: dict[str, str], parent: runs.Ru
         if run is not None:
             resume_from = runs.last_checkpoint(run)
             print(f"alignkit: resuming {run.id} from {Path(resume_from).name}")
-            run.update(status="running", pid=_pid(), host=_host(), resumed_from=resume_from)
+            run.update(status="running", pid=os.getpid(), host=socket.gethostname(), resumed_from=resume_from)
     if run is None:
         run = runs.start_run(recipe.output.dir, stage, to_dict(recipe), parent=parent.id if parent else None,
                              fingerprint_=fp, inputs=inputs, **extra)
@@ -414,15 +390,3 @@ def close_run(opened: OpenRun, summary: dict[str, Any], **fields: Any) -> runs.R
     opened.run.finish("completed", metrics=summary, **fields)
     tracking.finish_wandb(opened.wandb, summary)
     return opened.run
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()

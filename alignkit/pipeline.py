@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit import distributed, promotion, runs
+from alignkit import launch, promotion, runs
 from alignkit.cli import STAGES
 from alignkit.cli import stage as stage_of
 from alignkit.errors import TrainingFailed, UserError
@@ -56,7 +56,7 @@ class StageSpec:
     gate: str | None = field(default=None, metadata={"help": "Gate YAML checked after the stage (policy stages)."})
     pairs: str | None = field(default=None, metadata={"help": "Pairs file for dpo/kto/reward, or 'collect'."})
     overrides: list[str] = field(default_factory=list, metadata={"help": "key.sub=value overrides of the recipe."})
-    launch: distributed.LaunchSpec = field(default_factory=distributed.LaunchSpec, metadata={
+    launch: launch.LaunchSpec = field(default_factory=launch.LaunchSpec, metadata={
         "help": "Run the stage under a launcher: {processes: N, config: accel.yaml} or {engine: ray, workers: N}."})
 
     def __post_init__(self):
@@ -118,7 +118,7 @@ class Pipeline:
                                   *([f"generation.seed={recipe.seed}"] if recipe.seed is not None else [])]
         self.collect_recipe = None  # loaded once, here: a typo fails before any training starts
         for spec in self.specs:  # load every recipe now: a typo fails before any training starts
-            distributed.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
+            launch.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
             if spec.gate:
                 load_recipe(spec.gate, GateRecipe)
@@ -195,7 +195,7 @@ class Pipeline:
                     from alignkit import lifecycle
 
                     run = (lifecycle.run(st, stage_recipe) if spec.launch.kind is None  # this process
-                           else distributed.run_launched(st, stage_recipe, spec.launch))  # N, rank 0 reports
+                           else launch.run_launched(st, stage_recipe, spec.launch))  # N, rank 0 reports
                 except TrainingFailed as e:
                     self._promote(passed)
                     return 1, f"{spec.stage} failed: {e}"

@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from alignkit import distributed, runs
+from alignkit import distributed, launch, runs
 from alignkit.errors import TrainingFailed, UserError
 
 # Passed on to every worker: they decide where the model comes from and how W&B and threads behave.
@@ -29,7 +29,7 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_HOME", "WANDB_MODE", "WANDB_API_KEY", "WA
                  "TOKENIZERS_PARALLELISM", "ALIGNKIT_CACHE", "TRANSFORMERS_OFFLINE")
 
 
-def connect(spec: distributed.LaunchSpec) -> None:
+def connect(spec: launch.LaunchSpec) -> None:
     """Join the cluster at spec.address / RAY_ADDRESS, or start a local one (no dashboard)."""
     import ray
 
@@ -48,7 +48,7 @@ def uses_gpu() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def preflight(spec: distributed.LaunchSpec, output_dir: str | Path) -> None:
+def preflight(spec: launch.LaunchSpec, output_dir: str | Path) -> None:
     """Enough CPUs/GPUs for the workers, and one output folder all nodes see; else UserError (exit 2)."""
     import ray
 
@@ -94,9 +94,9 @@ def check_nodes_see(output_dir: str | Path) -> None:
                         "path (NFS, Lustre, a mounted bucket)")
 
 
-def run(stage, recipe, spec: distributed.LaunchSpec) -> runs.Run:
+def run(stage, recipe, spec: launch.LaunchSpec) -> runs.Run:
     """Run `stage` on `recipe` as spec.size Ray Train workers; returns the run rank 0 closed."""
-    distributed.preflight(spec)
+    launch.preflight(spec)
     connect(spec)
     preflight(spec, recipe.output.dir)
     from ray.train import FailureConfig, RunConfig, ScalingConfig

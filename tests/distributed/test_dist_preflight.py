@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alignkit import cli, distributed
+from alignkit import cli, distributed, launch
 from alignkit.errors import UserError
 
 SFT = ["sft", "--config", "recipes/smollm2/sft.yaml", "train.max_steps=1"]
@@ -22,21 +22,21 @@ def _exit(argv, capsys) -> tuple[int, str]:
 
 
 def test_engine_not_installed(monkeypatch, capsys):
-    monkeypatch.setattr(distributed, "installed", lambda module: not module.startswith("ray"))
+    monkeypatch.setattr(launch, "installed", lambda module: not module.startswith("ray"))
     code, err = _exit([*SFT, "--launcher", "ray", "--processes", "2"], capsys)
     assert code == 2 and "launcher ray is not installed: pip install 'ray[train]'" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_deepspeed_config_without_deepspeed(monkeypatch, capsys):
-    monkeypatch.setattr(distributed, "installed", lambda module: module != "deepspeed")
+    monkeypatch.setattr(launch, "installed", lambda module: module != "deepspeed")
     code, err = _exit([*SFT, "--launcher", "accelerate", "--launch-config", "recipes/accelerate/deepspeed-zero3.yaml"],
                       capsys)
     assert code == 2 and "needs deepspeed, which is not installed" in err, err
 
 
 def test_more_processes_than_devices(monkeypatch, capsys):
-    monkeypatch.setattr(distributed, "device_count", lambda: (2, "CPU cores (no CUDA)"))
+    monkeypatch.setattr(launch, "device_count", lambda: (2, "CPU cores (no CUDA)"))
     code, err = _exit([*SFT, "--launcher", "torchrun", "--processes", "3"], capsys)
     assert code == 2 and "3 processes but this machine has 2 CPU cores" in err, err
 
@@ -51,7 +51,7 @@ def test_accelerate_cpu_mode_single_process_is_refused(monkeypatch):
 
 
 def test_accelerate_command_on_cpu_is_its_torchrun_path():
-    cmd = distributed.command(distributed.LaunchSpec(engine="accelerate", processes=2), ["sft", "--config", "x"])
+    cmd = launch.command(launch.LaunchSpec(engine="accelerate", processes=2), ["sft", "--config", "x"])
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--multi_gpu"] and "--num_processes" in cmd
 
 
@@ -61,16 +61,16 @@ def test_more_ray_workers_than_cluster_cpus(monkeypatch):
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     with pytest.raises(UserError, match="3 workers need 3 CPUs, the cluster has 2; Ray would wait"):
-        ray_engine.preflight(distributed.LaunchSpec(engine="ray", workers=3), "unused")
+        ray_engine.preflight(launch.LaunchSpec(engine="ray", workers=3), "unused")
 
 
 def test_launch_spec_picks_the_engine():
-    assert distributed.LaunchSpec().kind is None
-    assert distributed.LaunchSpec(processes=2).kind == "torchrun"
-    assert distributed.LaunchSpec(workers=2).kind == "ray"
-    assert distributed.LaunchSpec(config="recipes/accelerate/ddp.yaml").size == 2  # the config's num_processes
+    assert launch.LaunchSpec().kind is None
+    assert launch.LaunchSpec(processes=2).kind == "torchrun"
+    assert launch.LaunchSpec(workers=2).kind == "ray"
+    assert launch.LaunchSpec(config="recipes/accelerate/ddp.yaml").size == 2  # the config's num_processes
     with pytest.raises(ValueError, match="file not found"):
-        distributed.LaunchSpec(config="nope.yaml")
+        launch.LaunchSpec(config="nope.yaml")
 
 
 # ---- two real processes (gloo on CPU): the rank-0 sections and the shared-storage probe ----
@@ -99,11 +99,17 @@ def _worker(rank: int, port: int, folder: str) -> None:
     attempt("rank1", lambda: d.every_rank(lambda: 1 / (d.rank() - 1)))  # only rank 1 divides by zero
     attempt("shared", lambda: d.check_shared(Path(folder, "shared")))
     attempt("local", lambda: d.check_shared(Path(folder, f"local-disk-{rank}")))  # what a second machine sees
+    # curation runs once: rank 0's result reaches rank 1; a result that cannot be pickled is made on every rank
+    attempt("share", lambda: d.share(lambda: f"curated by rank {d.rank()}"))
+    attempt("unpicklable", lambda: d.share(lambda: (lambda: f"made by rank {d.rank()}"))())
     out.write_text("\n".join(lines))
     # leave the group as the CLI does (distributed.shutdown): a rank exiting with gloo's threads alive aborted
     # once in CI ("terminate called without an active exception", SIGABRT) after writing its lines
     d.barrier()
     d.shutdown()
+    # and skip the interpreter's teardown: gloo's threads still aborted a rank there (SIGABRT after shutdown,
+    # seen again on a loaded 2-core machine); everything this test reads is written above
+    os._exit(0)
 
 
 def test_rank_zero_sections_reach_every_rank(tmp_path):
@@ -122,11 +128,13 @@ def test_rank_zero_sections_reach_every_rank(tmp_path):
     assert r0[4].startswith("local: UserError") and "not on storage every worker sees: rank 1 on" in r0[4]
     assert r1[4].startswith("local: SharedUserError echo=False")
     assert not list(tmp_path.glob("shared/.alignkit-shared-*"))  # the probe is cleaned up
+    assert r0[5] == r1[5] == "share: ok 'curated by rank 0'"
+    assert (r0[6], r1[6]) == ("unpicklable: ok 'made by rank 0'", "unpicklable: ok 'made by rank 1'")
 
 
 def test_pipeline_stage_launch_is_checked_before_anything_runs(in_tmp, monkeypatch, capsys):
     """A pipeline stage's `launch:` is parsed as a LaunchSpec and preflighted when the pipeline is built."""
-    monkeypatch.setattr(distributed, "device_count", lambda: (2, "CPU cores (no CUDA)"))
+    monkeypatch.setattr(launch, "device_count", lambda: (2, "CPU cores (no CUDA)"))
     (in_tmp / "p.yaml").write_text("stages:\n  - {stage: sft, recipe: recipes/smollm2/sft.yaml, "
                                    "launch: {processes: 3}}\n")
     code, err = _exit(["pipeline", "--config", "p.yaml"], capsys)

@@ -46,9 +46,9 @@ def dpo_runs(small_data):
               cwd=small_data)
     overrides = [*DPO[2:], "data.train=dpo24.jsonl", "train.per_device_train_batch_size=1", "output.dir=dpo-two"]
     code = (f"import os; os.chdir({str(small_data)!r})\n"
-            "from alignkit import distributed, recipe\nfrom preference.train import DPO\n"
+            "from alignkit import launch, recipe\nfrom preference.train import DPO\n"
             f"r = recipe.load_recipe('recipes/smollm2/dpo.yaml', DPO.recipe, {overrides!r})\n"
-            "run = distributed.run_launched(DPO, r, distributed.LaunchSpec(engine='accelerate', processes=2))\n"
+            "run = launch.run_launched(DPO, r, launch.LaunchSpec(engine='accelerate', processes=2))\n"
             "print('pipeline got', run.id)\n")
     two = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=small_data, env=ENV,
                          timeout=400)
