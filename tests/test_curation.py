@@ -147,3 +147,10 @@ def test_the_cli_registers_the_eval_suites_texts():
 
     texts = eval_texts()
     assert len(texts) > 500 and any("?" in t for t in texts)
+    # read raw from the files, they must be the texts the eval stage loads: every prompt, question and passage
+    from eval.config import SuiteSpec
+    from eval.suites import BUNDLED, load_suite
+
+    loaded = [str(item[k]) for name in BUNDLED for item in load_suite(SuiteSpec(name=name)).items
+              for k in ("prompt", "question", "text", "goal") if item.get(k)]
+    assert sorted(texts) == sorted(loaded)
