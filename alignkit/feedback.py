@@ -48,15 +48,15 @@ class Feedback(Base):
 
     __tablename__ = "production_feedback"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
-    payload_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
     kind: Mapped[str] = mapped_column(String(16))
     response_id: Mapped[str] = mapped_column(ForeignKey("production_responses.id"), index=True)
     other_id: Mapped[str | None] = mapped_column(ForeignKey("production_responses.id"), nullable=True)
     rating: Mapped[str | None] = mapped_column(String(8), nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     key_name: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[float] = mapped_column(Float)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
 
 
 class UnknownResponse(LookupError):

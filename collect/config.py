@@ -60,11 +60,11 @@ class ExportConfig:
     min_votes: int = field(default=1, metadata={"help": "Items with fewer counted votes are not exported."})
     min_agreement: float = field(
         default=0.0, metadata={"help": "Share of votes that must agree with the majority (0–1)."})
-    edited_as_chosen: bool = field(
-        default=False, metadata={"help": "Use an annotator's edited ideal answer as the chosen side."})
     judges: Literal["include", "exclude", "only"] = field(
         default="include", metadata={"help": "Votes of `collect judge`: counted like people's, left out, or the only "
                                              "ones (--judges overrides)."})
+    edited_as_chosen: bool = field(
+        default=False, metadata={"help": "Use an annotator's edited ideal answer as the chosen side."})
     judge_weight: float = field(
         default=1.0, metadata={"help": "What one judge vote counts for in an item's majority and agreement share, "
                                        "a person's vote counting 1 (0.5: people outvote the judge when they split)."})
