@@ -49,14 +49,19 @@ class StopAtStep3(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+def interrupted_at_step_3(tmp_path, model_dir, monkeypatch, *overrides) -> None:
+    """Run the recipe and kill it (Ctrl-C) after step 3: checkpoint-2 is on disk, the run marked interrupted."""
     class Interrupting(tracking.MetricsCallback, StopAtStep3):
         pass
 
     monkeypatch.setattr(tracking, "MetricsCallback", Interrupting)
     with pytest.raises(KeyboardInterrupt):
-        run(recipe(tmp_path, tiny_model_dir))
+        run(recipe(tmp_path, model_dir, *overrides))
     monkeypatch.undo()
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    interrupted_at_step_3(tmp_path, tiny_model_dir, monkeypatch)
     (first,) = runs.read_registry(tmp_path / "runs")["runs"]
     assert runs.Run(tmp_path / "runs" / first).status == "interrupted"
     resumed = run(recipe(tmp_path, tiny_model_dir))
@@ -65,13 +70,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, m
 
 
 def test_changed_recipe_does_not_resume_someone_elses_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
-    class Interrupting(tracking.MetricsCallback, StopAtStep3):
-        pass
-
-    monkeypatch.setattr(tracking, "MetricsCallback", Interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        run(recipe(tmp_path, tiny_model_dir))
-    monkeypatch.undo()
+    interrupted_at_step_3(tmp_path, tiny_model_dir, monkeypatch)
     other = run(recipe(tmp_path, tiny_model_dir, "train.learning_rate=1e-4"))
     assert "resumed_from" not in other.manifest and len(runs.read_registry(tmp_path / "runs")["runs"]) == 2
 
@@ -151,14 +150,7 @@ def test_resumed_run_losses_equal_the_uninterrupted_runs(tmp_path, tiny_model_di
         return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
     whole = losses(run(recipe(tmp_path / "whole", tiny_model_dir, "train.eval_strategy=no")))
-
-    class Interrupting(tracking.MetricsCallback, StopAtStep3):
-        pass
-
-    monkeypatch.setattr(tracking, "MetricsCallback", Interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        run(recipe(tmp_path / "resumed", tiny_model_dir, "train.eval_strategy=no"))
-    monkeypatch.undo()
+    interrupted_at_step_3(tmp_path / "resumed", tiny_model_dir, monkeypatch, "train.eval_strategy=no")
     resumed = run(recipe(tmp_path / "resumed", tiny_model_dir, "train.eval_strategy=no"))
     assert resumed.manifest["resumed_from"].endswith("checkpoint-2")
     again = losses(resumed)
