@@ -120,7 +120,7 @@ def build(recipe, runs_dir: str):
         from serve.engine import TransformersEngine
 
         engine = TransformersEngine(recipe.model, recipe.engine.max_batch, recipe.engine.max_wait_ms,
-                                    recipe.engine.threads)
+                                    recipe.engine.threads, pack_weights=recipe.engine.pack_weights)
     store = feedback.engine(recipe.feedback.store) if recipe.feedback.store else None
     asgi, app = create_app(recipe, runs_dir, engine, store)
     return asgi, app, engine

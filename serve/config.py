@@ -18,6 +18,9 @@ class EngineConfig:
     max_wait_ms: float = field(
         default=100.0, metadata={"help": "How long the first request of a batch waits for others to join it."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (None: torch's default)."})
+    pack_weights: bool = field(
+        default=True, metadata={"help": "CPU: a oneDNN-packed copy of each linear weight for batched steps "
+                                        "(≈ 1.5x faster 8-row steps on SmolLM2-135M; one more copy of the weights)."})
     vllm_url: str | None = field(
         default=None, metadata={"help": "vllm: an already running `vllm serve --enable-lora` (http://127.0.0.1:8001); "
                                         "None starts one with the base model."})

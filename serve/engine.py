@@ -45,10 +45,11 @@ class TransformersEngine:
     """Base model + named LoRA adapters in this process, with a continuous-batching worker thread."""
 
     def __init__(self, model_cfg, max_batch: int = 16, max_wait_ms: float = 15.0, threads: int | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, pack_weights: bool = True):
         import torch
 
         from alignkit import models
+        from serve.packing import pack_linears
 
         if threads:
             torch.set_num_threads(threads)
@@ -58,6 +59,7 @@ class TransformersEngine:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = models.load_model(model_cfg).eval()
+        self.packed = pack_linears(self.model) if pack_weights else 0  # CPU: batched steps through oneDNN
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         self.eos_ids = {t for t in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None))
                         if isinstance(t, int)}

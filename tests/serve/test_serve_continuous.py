@@ -5,8 +5,10 @@ failing prefill or step fails only its own requests; a retired adapter outlives 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+import types
 
 import pytest
 
@@ -75,7 +77,7 @@ def _alone(engine, job) -> tuple[list[int], str]:
 
     text = engine.tokenizer.apply_chat_template(job.conversation, tokenize=False, add_generation_prompt=True)
     enc = engine.tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    with torch.inference_mode(), engine._scope(job.adapter):
+    with torch.inference_mode(), engine._scope(job.adapter), plain_linears(engine.model):
         out = engine.model.generate(**enc, max_new_tokens=job.max_tokens, do_sample=False, temperature=None,
                                     top_p=None, top_k=None, pad_token_id=engine.tokenizer.pad_token_id)
     new = out[0, enc["input_ids"].shape[1]:].tolist()
@@ -83,6 +85,22 @@ def _alone(engine, job) -> tuple[list[int], str]:
         if token in engine.eos_ids:
             return new[:i], "stop"
     return new, "length"
+
+
+@contextlib.contextmanager
+def plain_linears(model):
+    """The model as loaded, without the engine's packed weights (serve/packing.py): what `generate` computes
+    outside the server."""
+    from serve import packing
+
+    packed = [m for m in model.modules() if "forward" in vars(m) and hasattr(m, "_packed")]
+    for module in packed:
+        del module.forward  # back to nn.Linear.forward
+    try:
+        yield
+    finally:
+        for module in packed:
+            module.forward = types.MethodType(packing._forward, module)
 
 
 def _rows_per_step(spans: list[tuple[int, Job]]) -> list[int]:
@@ -112,6 +130,7 @@ def _check_joins_match_generate_alone(engine, adapter: str | None, max_tokens=(2
     assert engine.prefills == 4 and engine.prefilled_requests == 5
     if engine.prefix is not None:  # b, c and d prefilled only what follows the template's system block
         assert engine.prefix.reused_tokens > 0
+    assert engine.packed > 0  # the batched steps ran on packed weights; _alone on the model's own
     for job in jobs:
         tokens, reason = _alone(engine, job)
         assert "error" not in job.result, job.result
@@ -190,7 +209,7 @@ def test_a_sampled_request_draws_what_generate_draws_with_the_same_seed(tiny_mod
         text = engine.tokenizer.apply_chat_template(job.conversation, tokenize=False, add_generation_prompt=True)
         enc = engine.tokenizer(text, return_tensors="pt", add_special_tokens=False)
         torch.manual_seed(1234)
-        with torch.inference_mode():
+        with torch.inference_mode(), plain_linears(engine.model):
             out = engine.model.generate(**enc, max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.9,
                                         pad_token_id=engine.tokenizer.pad_token_id)
         new = [t for t in out[0, enc["input_ids"].shape[1]:].tolist()]
