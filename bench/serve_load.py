@@ -1,6 +1,7 @@
 """Serving throughput and latency on the embedded model, side by side with a plain transformers loop, in one run.
 
     python bench/serve_load.py [--tokens 32]     # writes bench/results/serve_load.md
+    python bench/serve_load.py --quick --out /tmp/serve_load.md   # half the requests, 4 swaps: a quick look
 
 Baseline: one `model.generate` call per request, one request after another (what a hand-written Flask
 wrapper does). alignkit: `alignkit serve`'s app (uvicorn on 127.0.0.1, dynamic batching) with 1, 8 and 32
@@ -144,14 +145,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=None, help="engine.max_wait_ms (default: serve.yaml's)")
+    ap.add_argument("--no-pack", action="store_true", help="engine.pack_weights false (the unpacked engine)")
+    ap.add_argument("--quick", action="store_true", help="half the requests and 4 swaps (not for the results)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.md")
     args = ap.parse_args()
+    half = 2 if args.quick else 1
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     runs_dir = work / "bench"
     a, b = make_runs(runs_dir)
-    results = {"plain transformers loop (1 request at a time)": plain_loop(runs_dir / a / "adapter", 12, args.tokens)}
+    results = {"plain transformers loop (1 request at a time)": plain_loop(runs_dir / a / "adapter", 12 // half,
+                                                                         args.tokens)}
 
     wait = args.max_wait_ms if args.max_wait_ms is not None else EngineConfig().max_wait_ms
-    recipe = ServeRecipe(model=ModelConfig(), runs=str(runs_dir), engine=EngineConfig(max_batch=16, max_wait_ms=wait),
+    engine_cfg = EngineConfig(max_batch=16, max_wait_ms=wait, pack_weights=not args.no_pack)
+    recipe = ServeRecipe(model=ModelConfig(), runs=str(runs_dir), engine=engine_cfg,
                          server=ServerConfig(port=8765, max_tokens=256, watch_interval_s=0.2,
                                              rate_limit_per_minute=100_000),
                          feedback=FeedbackConfig(store=f"sqlite:///{work / 'collect.db'}"))
@@ -172,15 +179,17 @@ def main() -> None:
         row["batch"] = (engine.batched_requests - carried) / max(engine.batches - batches, 1)
         return row
 
-    for clients, per in ((1, 8), (8, 4), (32, 2)):
+    for clients, per in ((1, 8 // half), (8, 4 // half), (32, 2 // half)):
         results[f"alignkit serve, {clients} client{'s' if clients > 1 else ''}"] = measured(
-            lambda: load(client, clients, per, args.tokens))
+            lambda c=clients, p=per: load(client, c, p, args.tokens))
 
     swap_times: list[float] = []
     stop = threading.Event()
 
+    flips = 4 if args.quick else 10
+
     def flipper() -> None:
-        for n in range(10):
+        for n in range(flips):
             if stop.wait(1.0):
                 return
             if n % 2 == 0:
@@ -195,21 +204,22 @@ def main() -> None:
     flips_done = threading.Event()
     flip = threading.Thread(target=lambda: (flipper(), flips_done.set()))
     flip.start()
-    swapped = measured(lambda: load(client, 8, 200, args.tokens, swaps=swap_times, until=flips_done))  # spans all 10
+    swapped = measured(lambda: load(client, 8, 200, args.tokens, swaps=swap_times, until=flips_done))  # spans all
     stop.set()
     flip.join()
-    results["alignkit serve, 8 clients, 10 swaps"] = swapped
+    results[f"alignkit serve, 8 clients, {flips} swaps"] = swapped
     server.should_exit = True
     app.state.stop.set()
     engine.close()
-    again = plain_loop(runs_dir / a / "adapter", 12, args.tokens)  # the baseline's better run of two counts
+    again = plain_loop(runs_dir / a / "adapter", 12 // half, args.tokens)  # the baseline's better run of two counts
     if again["tok_s"] > results["plain transformers loop (1 request at a time)"]["tok_s"]:
         results["plain transformers loop (1 request at a time)"] = again
 
     plain = results["plain transformers loop (1 request at a time)"]
     lines = [f"# serve load — {datetime.now():%Y-%m-%d %H:%M}", "",
              f"Machine: {_cpu()}; embedded SmolLM2-135M-Instruct + a LoRA adapter, float32 on CPU, greedy, "
-             f"max_tokens {args.tokens}; engine max_batch 16, max_wait {wait:.0f} ms; client and server share the cores.", "",
+             f"max_tokens {args.tokens}; engine max_batch 16, max_wait {wait:.0f} ms, pack_weights {not args.no_pack}; "
+             f"client and server share the cores.{' --quick.' if args.quick else ''}", "",
              "| setting | requests | generated tokens | tokens/s | × plain loop | p50 ms | p99 ms | failed | mean batch |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
@@ -225,8 +235,7 @@ def main() -> None:
               f"swap-spanning p99 ≤ 2× normal — "
               f"{'met' if swapped.get('p99_across', 1e9) <= 2 * normal['p99'] else 'missed'}; "
               f"0 failed during the swaps — {'met' if swapped['failed'] == 0 else 'missed'}."]
-    out = ROOT / "bench" / "results" / "serve_load.md"
-    out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 
