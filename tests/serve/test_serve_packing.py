@@ -4,10 +4,9 @@ weight changed in place is packed again, and what is not a float32 CPU linear wi
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from serve import packing  # noqa: E402
+from serve import packing
 
 pytestmark = pytest.mark.skipif(not packing.available(), reason="this torch has no oneDNN linear ops")
 
