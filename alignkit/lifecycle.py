@@ -102,7 +102,9 @@ class Stage:
 
 def one_process() -> bool:
     """True when no launcher started this process (torchrun, accelerate and Ray Train set WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR): nothing to join and no rank to agree with, so the run is opened without alignkit.distributed."""
+    MASTER_ADDR): nothing to join and no rank to agree with, so the run is opened without alignkit.distributed.
+    Wider than `distributed.launched()` (the CLI's "am I a launched child?"): any hint of a group, MASTER_ADDR
+    too, takes the distributed path, which is also right for one process."""
     return not {"WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"} & os.environ.keys()
 
 

@@ -116,7 +116,7 @@ class Pipeline:
         self.draw_seed = recipe.collect.seed if recipe.seed is None else recipe.seed
         self.collect_overrides = [*recipe.collect.overrides,
                                   *([f"generation.seed={recipe.seed}"] if recipe.seed is not None else [])]
-        self.collect_recipe = None  # loaded once, here: a typo fails before any training starts
+        self.collect_recipe = None  # loaded once, below
         for spec in self.specs:  # load every recipe now: a typo fails before any training starts
             launch.preflight(spec.launch)  # a launcher not installed, N > devices: exit 2 now
             self._stage_recipe(spec, parent=None, reward=None, pairs=None)
