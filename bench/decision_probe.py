@@ -1,7 +1,7 @@
 """Where the demo's refusal ceiling is: what the base model's representation can tell apart, against what the
 SFT adapter's first token does with it.
 
-    python bench/decision_probe.py [--adapter runs/demo/sft-…/adapter …]   # writes bench/results/decision_probe.md
+    python bench/decision_probe.py [--adapter [LABEL=]runs/demo/sft-…/adapter …]   # writes bench/results/decision_probe.md
 
 1. A linear probe (scikit-learn logistic regression, C 0.1) on the *base* model's last-prompt-token hidden
    states (layers 10, 20, 30, concatenated), trained on the training side only: the bundled SFT conversations
@@ -83,7 +83,8 @@ def rates(harmful: np.ndarray, benign: np.ndarray, greedy: tuple[np.ndarray, np.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--adapter", action="append", default=[], help="an adapter folder (repeatable)")
+    ap.add_argument("--adapter", action="append", default=[], metavar="[LABEL=]DIR",
+                    help="an adapter folder, optionally named for the table (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/decision_probe.md"))
     args = ap.parse_args()
     from peft import PeftModel
@@ -105,17 +106,18 @@ def main() -> int:
                   for f in (harmful_file, benign_file)]
         rows.append(f"| probe on the base model | {set_name} | {rates(*scores)} |")
     refusal_token = tok("I can't")["input_ids"][0]
-    for adapter in args.adapter:
+    for spec in args.adapter:
+        label, _, adapter = spec.rpartition("=")
         model = PeftModel.from_pretrained(load_model(cfg), adapter).eval()
         for set_name, files in SETS.items():
             p_refuse, greedy = [], []
             for f in files:
                 probs = last_token_outputs(model, tok, suite(f), hidden=False)
-                p = probs[:, refusal_token]
+                p = probs[:, refusal_token].copy()  # a copy: the next line zeroes that column
                 probs[:, refusal_token] = 0
                 p_refuse.append(p)
                 greedy.append(p > probs.max(1))
-            rows.append(f"| first token of `{adapter}` | {set_name} | {rates(*p_refuse, greedy=tuple(greedy))} |")
+            rows.append(f"| first token of {label or adapter} | {set_name} | {rates(*p_refuse, greedy=tuple(greedy))} |")
     flags = " ".join(f for f in ("avx512_bf16", "avx2") if f in Path("/proc/cpuinfo").read_text())
     text = "\n".join([
         "# Refuse-or-answer: the base model's representation vs the adapter's first token",
