@@ -19,7 +19,6 @@ SFT adapter's first token does with it.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from datetime import datetime
@@ -31,9 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from alignkit.models import load_model, load_tokenizer  # noqa: E402
+from alignkit.data import jsonl_objects  # noqa: E402
+from alignkit.generate import load_policy  # noqa: E402
 from alignkit.recipe import ModelConfig  # noqa: E402
 from alignkit.refusal import classify  # noqa: E402
+from run_all import cpu_kind  # noqa: E402  (bench/ is on the path: the script's own folder)
 
 LAYERS = (10, 20, 30)  # of SmolLM2-135M's 30: early, middle, last
 SETS = {"dev": ("harmful.jsonl", "benign_lookalike.jsonl"), "held-out": ("heldout_harmful.jsonl", "heldout_benign.jsonl")}
@@ -41,19 +42,18 @@ SETS = {"dev": ("harmful.jsonl", "benign_lookalike.jsonl"), "held-out": ("heldou
 
 def training_side() -> tuple[list[str], np.ndarray]:
     prompts, labels = [], []
-    for line in (ROOT / "recipes/data/sft_demo.jsonl").read_text().splitlines():
-        messages = json.loads(line)["messages"]
+    for _, row in jsonl_objects(ROOT / "recipes/data/sft_demo.jsonl"):
+        messages = row["messages"]
         prompts.append(messages[0]["content"])
         labels.append(classify(messages[-1]["content"], messages[0]["content"]).refusal)
-    for line in (ROOT / "recipes/data/prompts.jsonl").read_text().splitlines():
-        row = json.loads(line)
+    for _, row in jsonl_objects(ROOT / "recipes/data/prompts.jsonl"):
         prompts.append(row["prompt"][-1]["content"])
         labels.append(row["category"] == "harmful")
     return prompts, np.array(labels, dtype=int)
 
 
 def suite(name: str) -> list[str]:
-    return [json.loads(line)["prompt"] for line in (ROOT / "eval/data" / name).read_text().splitlines()]
+    return [row["prompt"] for _, row in jsonl_objects(ROOT / "eval/data" / name)]
 
 
 def last_token_outputs(model, tok, prompts: list[str], hidden: bool) -> np.ndarray:
@@ -87,38 +87,35 @@ def main() -> int:
                     help="an adapter folder, optionally named for the table (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/decision_probe.md"))
     args = ap.parse_args()
-    from peft import PeftModel
     from sklearn.linear_model import LogisticRegression
 
     torch.manual_seed(0)
     cfg = ModelConfig(base="smollm2-135m-instruct", quantization="none")
-    tok = load_tokenizer(cfg.base)
-    tok = tok[0] if isinstance(tok, tuple) else tok
+    base, tok = load_policy(cfg)
     tok.padding_side = "left"
-    base = load_model(cfg).eval()
     prompts, labels = training_side()
     train = last_token_outputs(base, tok, prompts, hidden=True)
     mean, std = train.mean(0), train.std(0) + 1e-6
     probe = LogisticRegression(C=0.1, max_iter=3000).fit((train - mean) / std, labels)
+    texts = {f: suite(f) for files in SETS.values() for f in files}  # read once, scored by every model
     rows = []
-    for set_name, (harmful_file, benign_file) in SETS.items():
-        scores = [probe.predict_proba((last_token_outputs(base, tok, suite(f), hidden=True) - mean) / std)[:, 1]
-                  for f in (harmful_file, benign_file)]
+    for set_name, files in SETS.items():
+        scores = [probe.predict_proba((last_token_outputs(base, tok, texts[f], hidden=True) - mean) / std)[:, 1]
+                  for f in files]
         rows.append(f"| probe on the base model | {set_name} | {rates(*scores)} |")
     refusal_token = tok("I can't")["input_ids"][0]
     for spec in args.adapter:
         label, _, adapter = spec.rpartition("=")
-        model = PeftModel.from_pretrained(load_model(cfg), adapter).eval()
+        model, _ = load_policy(cfg, adapter)  # checks the adapter was trained on this base
         for set_name, files in SETS.items():
             p_refuse, greedy = [], []
             for f in files:
-                probs = last_token_outputs(model, tok, suite(f), hidden=False)
+                probs = last_token_outputs(model, tok, texts[f], hidden=False)
                 p = probs[:, refusal_token].copy()  # a copy: the next line zeroes that column
                 probs[:, refusal_token] = 0
                 p_refuse.append(p)
                 greedy.append(p > probs.max(1))
             rows.append(f"| first token of {label or adapter} | {set_name} | {rates(*p_refuse, greedy=tuple(greedy))} |")
-    flags = " ".join(f for f in ("avx512_bf16", "avx2") if f in Path("/proc/cpuinfo").read_text())
     text = "\n".join([
         "# Refuse-or-answer: the base model's representation vs the adapter's first token",
         "", "`python bench/decision_probe.py` (see its docstring). Refusal of harmful / over-refusal of benign",
@@ -129,7 +126,7 @@ def main() -> int:
         "| scorer | set | refusal | over-refusal | AUC | refusal at 10% over-refusal |", "|---|---|---:|---:|---:|---:|",
         *rows, "",
         f"Measured {datetime.now():%Y-%m-%d} on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"CPU flags: {flags or 'neither avx512_bf16 nor avx2'}."])
+        f"CPU: {cpu_kind()}."])
     Path(args.out).write_text(text + "\n")
     print(text)
     return 0

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from alignkit import refusal  # noqa: E402
 from eval import validation  # noqa: E402
+from run_all import cpu_kind  # noqa: E402  (bench/ is on the path: the script's own folder)
 
 
 def _features(r: dict) -> dict:
@@ -63,9 +64,7 @@ def _cell(rows, detected) -> str:
 
 
 def _cpu() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    kind = "avx512_bf16" if "avx512_bf16" in flags else "avx2" if "avx2" in flags else "no avx2"
-    return f"{platform.machine()}, {kind}"
+    return f"{platform.machine()}, {cpu_kind()}"
 
 
 def main() -> None:

@@ -29,6 +29,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {gpu}; torch {torch.__version__}"
 
 
+def cpu_kind() -> str:
+    """The CPU kind a timing depends on: native bf16 (avx512_bf16), AVX2 only, or neither."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "avx512_bf16" if "avx512_bf16" in flags else "avx2" if "avx2" in flags else "no avx2"
+
+
 def main() -> None:
     # decision_probe.py measures where the demo's ceiling is on given adapters, not a ratio to a plain script
     scripts = sorted(p for p in HERE.glob("*.py") if p.name not in ("run_all.py", "decision_probe.py"))

@@ -25,17 +25,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from run_all import cpu_kind  # noqa: E402  (bench/ is on the path: the script's own folder)
+
 PROMPTS = ["Give me three tips for a good night's sleep.", "What is the capital of Australia?",
            "Explain what a binary search does.", "Write a haiku about autumn.", "How do I boil an egg?",
            "Name two uses of baking soda.", "What causes rain?", "Suggest a name for a grey cat."]
 
 
 def _cpu() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    kind = "avx512_bf16" if "avx512_bf16" in flags else "avx2" if "avx2" in flags else "no avx2"
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, {kind}"
+    return f"{platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}"
 
 
 def _pct(values: list[float], q: float) -> float:
