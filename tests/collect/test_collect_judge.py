@@ -132,7 +132,7 @@ def test_generate_fills_the_store_in_batch_then_the_judge_runs(tiny_model_dir, t
     assert make_store(f"sqlite:///{tmp_path}/c.db").item_count() == 0  # nothing half-written
     done = subprocess.run([*cli, "generate", "--config", str(recipe)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert "generate: 3 new pairs" in done.stdout
+    assert "generate: 3 new items for 3 prompts: 3 pairs ready for voting, 0 blind repeats" in done.stdout
     store = make_store(f"sqlite:///{tmp_path}/c.db", overlap=3, repeat_every=0)
     assert store.item_count() == 3 and {c["generator"] for c in store.dump()["candidates"].values()} == {tiny_model_dir}
     judged = subprocess.run([*cli, "judge", "--config", str(recipe)], capture_output=True, text=True, cwd=ROOT)
