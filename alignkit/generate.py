@@ -15,6 +15,9 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    prefix: str = ""  # the reply starts with this text and the model continues it (the reply includes it)
+    avoid_opening: str = ""  # this text's first token may not be the reply's first token
+
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +52,8 @@ def chat(model, tokenizer, conversations: Sequence[list[dict]], sampling: Sampli
     if system_prompt:
         conversations = [[{"role": "system", "content": system_prompt}] + [m for m in c if m["role"] != "system"]
                          for c in conversations]
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + sampling.prefix
+             for c in conversations]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     replies: list[str] = [""] * len(texts)
     side = tokenizer.padding_side
@@ -67,6 +71,8 @@ def chat(model, tokenizer, conversations: Sequence[list[dict]], sampling: Sampli
             enc = {k: v.to(model.device) for k, v in enc.items()}
             kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample,
                                       "pad_token_id": tokenizer.pad_token_id}
+            if sampling.avoid_opening:  # at the first new position only (all rows end together: left padding)
+                kwargs["begin_suppress_tokens"] = tokenizer(sampling.avoid_opening, add_special_tokens=False)["input_ids"][:1]
             if sampling.do_sample:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
             else:
@@ -75,7 +81,7 @@ def chat(model, tokenizer, conversations: Sequence[list[dict]], sampling: Sampli
                 out = model.generate(**enc, **kwargs)
             new = out[:, enc["input_ids"].shape[1]:]
             for i, ids in zip(batch, new):
-                replies[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                replies[i] = (sampling.prefix + tokenizer.decode(ids, skip_special_tokens=True)).strip()
     finally:
         tokenizer.padding_side = side
     return replies

@@ -14,6 +14,13 @@ class GenerationConfig:
         default=None,
         metadata={"help": "Second answer's generator: null = a second sample of the policy under review; "
                           "'base' = the base model without adapter; a path = another adapter (e.g. v1)."})
+    contrast: str | None = field(
+        default=None,
+        metadata={"help": "An opener such as \"I can't help with that.\": each item then pairs the policy's answer "
+                          "(the opener's first token banned as its first token) with the policy's own continuation "
+                          "of the opener, so the two differ in the decision to refuse. null = two free samples."})
+    contrast_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Longest continuation of the contrast opener, in tokens (null: max_new_tokens)."})
     max_new_tokens: int = field(default=192, metadata={"help": "Longest candidate answer, in tokens."})
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of every candidate."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass of every candidate."})
@@ -32,6 +39,9 @@ class GenerationConfig:
 
     def __post_init__(self):
         require(0 < self.near_duplicate <= 1, "generation.near_duplicate must be in (0, 1]")
+        require(not (self.contrast and self.rival), "generation.contrast and generation.rival: set one of them "
+                "(contrast pairs two answers of the policy under review)")
+        require(self.contrast is None or bool(self.contrast.strip()), "generation.contrast must be an opener text or null")
         at_least("generation", pairs_per_prompt=(self.pairs_per_prompt, 1), batch_size=(self.batch_size, 1),
                  max_attempts=(self.max_attempts, 1))
 

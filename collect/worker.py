@@ -1,8 +1,10 @@
 """Background generation of candidate pairs, running ahead of the annotators.
 
-Each item pairs two answers to one prompt: two samples of the policy under review, or one answer from it and
-one from a rival (the base model, or another adapter). Pairs whose answers are (near-)identical teach nothing:
-they are stored as `flagged` (never shown, counted in stats) and the prompt is sampled again with a new seed.
+Each item pairs two answers to one prompt: two samples of the policy under review, one answer from it and
+one from a rival (the base model, or another adapter), or a contrast: the policy's answer against its own
+continuation of a refusal opener (`generation.contrast`), so the two always differ in the decision to refuse.
+Pairs whose answers are (near-)identical teach nothing: they are stored as `flagged` (never shown, counted
+in stats) and the prompt is sampled again with a new seed.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def load_generators(model_cfg, adapter: str | None, cfg: GenerationConfig) -> tu
                         top_p=cfg.top_p)
     adapter = adapter or model_cfg.adapter
     model, tok = load_policy(model_cfg, adapter, merge=True)  # generation only: merged is ~1.8x faster
-    policy = PolicyGenerator(f"{model_cfg.base}+{adapter}" if adapter else model_cfg.base, model, tok, sampling,
-                             cfg.batch_size)
+    name = f"{model_cfg.base}+{adapter}" if adapter else model_cfg.base
+    policy = PolicyGenerator(name, model, tok, sampling, cfg.batch_size)
+    if cfg.contrast:  # (an answer that may not open like the refusal, the policy's continuation of the refusal)
+        refusal = replace(sampling, prefix=cfg.contrast, max_new_tokens=cfg.contrast_max_new_tokens or cfg.max_new_tokens)
+        return (PolicyGenerator(name, model, tok, replace(sampling, avoid_opening=cfg.contrast), cfg.batch_size),
+                PolicyGenerator(name, model, tok, refusal, cfg.batch_size))
     if cfg.rival is None:
         return policy, policy
     rival_adapter = None if cfg.rival == "base" else cfg.rival

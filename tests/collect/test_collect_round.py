@@ -59,3 +59,17 @@ def test_a_round_where_the_judge_is_unsure_on_everything_exports_nothing(tiny_mo
     # re-running generates nothing new (every prompt has its pair) and votes nothing twice: 0 pairs
     assert run_round(url, recipe, path, None, "rules", tmp_path / "pairs.jsonl", min_prompts=6) == 0
     assert open_store(url).item_count() == 6 and (tmp_path / "pairs.jsonl").read_text() == ""
+
+
+def test_a_contrast_round_gives_a_pair_on_every_prompt_with_the_refusal_chosen_only_where_harmful(tiny_model_dir, tmp_path):
+    """generation.contrast: each item is the policy's answer against its continuation of the refusal opener, so
+    the rules judge is sure on every item (where two free samples of the tiny model left it unsure on all)."""
+    recipe, path = _recipe(tmp_path, tiny_model_dir, _prompts(3, 3))
+    recipe = load_recipe(str(tmp_path / "collect.yaml"), CollectRecipe, ["generation.contrast=I can't help with that."])
+    out = tmp_path / "pairs.jsonl"
+    assert run_round(f"sqlite:///{tmp_path}/round.db", recipe, path, None, "rules", out, min_prompts=6) == 6
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    for pair in pairs:
+        refused = pair["chosen"][0]["content"].startswith("I can't help with that.")
+        assert refused == pair["prompt"][0]["content"].startswith("harmful")
+        assert pair["metadata"]["labelled_by"] == "judge"

@@ -143,3 +143,54 @@ def test_prerank_scores_each_pair_with_the_reward_model(tmp_path, tiny_reward_ad
                for p in pairs)
     stats = summarize(dump, 1)["reward_model_agreement"]
     assert stats == {"items": 3, "agreement": pytest.approx(sum(agree) / 3)}
+
+
+def test_contrast_pairs_an_answer_that_cannot_open_like_the_refusal_with_the_refusal_continued(tiny_model_dir, tmp_path):
+    """generation.contrast: the first answer may not start with the opener's first token (checked against the
+    token the tiny model opens with greedily), the second is the policy's own continuation of the opener."""
+    import torch
+
+    from alignkit.generate import chat, load_policy
+
+    model, tok = load_policy(ModelConfig(base=tiny_model_dir))
+    conv = [{"role": "user", "content": "q0"}]
+    ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        best, second = model(ids).logits[0, -1].topk(2).indices.tolist()
+    banned, runner_up = tok.decode([best]), tok.decode([second]).strip()
+    assert tok(banned, add_special_tokens=False)["input_ids"][0] == best and runner_up  # the fixture's openings
+    free = chat(model, tok, [conv], Sampling(max_new_tokens=4))[0]
+    avoided = chat(model, tok, [conv], Sampling(max_new_tokens=4, avoid_opening=banned + " and more words"))[0]
+    assert free.startswith(banned.strip()) and avoided.startswith(runner_up) and avoided != free
+
+    store = make_store(f"sqlite:///{tmp_path}/c.db", overlap=1)
+    _prompts(store, 3)
+    cfg = GenerationConfig(max_new_tokens=6, contrast_max_new_tokens=3, batch_size=4, contrast="I can't help with that.")
+    worker = Worker(store, cfg, lambda: load_generators(ModelConfig(base=tiny_model_dir), None, cfg))
+    while worker.todo():
+        worker.step(force=True)
+    dump = store.dump()
+    items = [i for i in dump["items"].values() if i["status"] == "ready"]
+    assert len(items) == 3
+    for item in items:
+        answer, refusal = dump["candidates"][item["first"]], dump["candidates"][item["second"]]
+        assert refusal["text"].startswith("I can't help with that.") and len(refusal["text"]) > len("I can't help with that.")
+        assert not answer["text"].startswith("I ")
+        assert answer["sampling"]["avoid_opening"] == refusal["sampling"]["prefix"] == "I can't help with that."
+        assert answer["sampling"]["max_new_tokens"] == 6 and refusal["sampling"]["max_new_tokens"] == 3
+
+
+@pytest.mark.parametrize("generation, message", [
+    ("{contrast: \"I can't help with that.\", rival: base}", "generation.contrast and generation.rival: set one"),
+    ("{contrast: '  '}", "generation.contrast must be an opener text or null"),
+])
+def test_contrast_settings_that_cannot_work_are_refused_with_the_file(tmp_path, generation, message):
+    from alignkit.errors import UserError
+    from alignkit.recipe import load_recipe
+    from collect.config import CollectRecipe
+
+    recipe_file = tmp_path / "collect.yaml"
+    recipe_file.write_text(f"generation: {generation}\n")
+    with pytest.raises(UserError, match=message) as err:
+        load_recipe(str(recipe_file), CollectRecipe, [])
+    assert str(recipe_file) in str(err.value)
