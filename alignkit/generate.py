@@ -18,7 +18,6 @@ class Sampling:
     prefix: str = ""  # the reply starts with this text and the model continues it (the reply includes it)
     avoid_opening: str = ""  # this text's first token may not be the reply's first token
 
-
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -61,6 +60,8 @@ def chat(model, tokenizer, conversations: Sequence[list[dict]], sampling: Sampli
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    banned_opening = (tokenizer(sampling.avoid_opening, add_special_tokens=False)["input_ids"][:1]
+                      if sampling.avoid_opening else [])
     if progress:
         from tqdm import tqdm
 
@@ -71,8 +72,8 @@ def chat(model, tokenizer, conversations: Sequence[list[dict]], sampling: Sampli
             enc = {k: v.to(model.device) for k, v in enc.items()}
             kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample,
                                       "pad_token_id": tokenizer.pad_token_id}
-            if sampling.avoid_opening:  # at the first new position only (all rows end together: left padding)
-                kwargs["begin_suppress_tokens"] = tokenizer(sampling.avoid_opening, add_special_tokens=False)["input_ids"][:1]
+            if banned_opening:  # at the first new position only (all rows end together: left padding)
+                kwargs["begin_suppress_tokens"] = banned_opening
             if sampling.do_sample:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
             else:

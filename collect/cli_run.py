@@ -91,13 +91,11 @@ def cmd_generate(args) -> int:
     if prompts < max(args.min_prompts, 1):
         raise UserError(f"store {store.url}: {prompts} prompt(s), the round needs at least {max(args.min_prompts, 1)} "
                         "(alignkit collect init --prompts FILE adds them)")
-    before = set(store.dump()["items"])
+    before = store.item_tally()
     made = fill(store, recipe, args.adapter or recipe.model.adapter, log=lambda line: print(line, flush=True))
-    new = [item for iid, item in store.dump()["items"].items() if iid not in before]
-    flagged = sum(i["status"] == "flagged" for i in new)
-    pairs = sum(i["status"] != "flagged" and i["kind"] == "pair" for i in new)
-    print(f"generate: {made} new items for {prompts} prompts: {pairs} pairs ready for voting, "
-          f"{made - pairs - flagged} blind repeats of them (queue.repeat_every), {flagged} flagged as near-duplicates")
+    new = {k: n - before[k] for k, n in store.item_tally().items()}
+    print(f"generate: {made} new items for {prompts} prompts: {new['pair']} pairs ready for voting, {new['repeat']} "
+          f"blind repeats of them (queue.repeat_every), {new['flagged']} flagged as near-duplicates")
     return 0
 
 

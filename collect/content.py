@@ -123,6 +123,17 @@ class ContentMixin:
                              .group_by(Item.prompt_id))
             return {p: n for p, n in rows}
 
+    def item_tally(self) -> dict[str, int]:
+        """Items by what they are: ready pairs (`pair`), blind repeats (`repeat`), near-duplicates (`flagged`)."""
+        tally = {"pair": 0, "repeat": 0, "flagged": 0}
+        with self.read() as s:
+            rows = s.execute(select(Item.kind, Item.status, func.count()).group_by(Item.kind, Item.status))
+            for kind, status, n in rows:
+                key = "flagged" if status == "flagged" else kind
+                if key in tally:
+                    tally[key] += n
+        return tally
+
     def item_count(self) -> int:
         with self.read() as s:
             return s.scalar(select(func.count()).select_from(Item)) or 0

@@ -53,9 +53,10 @@ def load_generators(model_cfg, adapter: str | None, cfg: GenerationConfig) -> tu
     name = f"{model_cfg.base}+{adapter}" if adapter else model_cfg.base
     policy = PolicyGenerator(name, model, tok, sampling, cfg.batch_size)
     if cfg.contrast:  # (an answer that may not open like the refusal, the policy's continuation of the refusal)
-        refusal = replace(sampling, prefix=cfg.contrast, max_new_tokens=cfg.contrast_max_new_tokens or cfg.max_new_tokens)
-        return (PolicyGenerator(name, model, tok, replace(sampling, avoid_opening=cfg.contrast), cfg.batch_size),
-                PolicyGenerator(name, model, tok, refusal, cfg.batch_size))
+        answer = replace(policy, sampling=replace(sampling, avoid_opening=cfg.contrast))
+        refusal = replace(policy, sampling=replace(sampling, prefix=cfg.contrast,
+                                                   max_new_tokens=cfg.contrast_max_new_tokens or cfg.max_new_tokens))
+        return answer, refusal
     if cfg.rival is None:
         return policy, policy
     rival_adapter = None if cfg.rival == "base" else cfg.rival
