@@ -335,9 +335,26 @@ def with_inputs(stage: Stage, recipe, **paths: str | Path | None):
 def build_trainer(trainer_cls: type, **kwargs: Any):
     """Construct a TRL trainer; a configuration TRL rejects is the recipe's problem, reported as such."""
     try:
-        return trainer_cls(**kwargs)
+        trainer = trainer_cls(**kwargs)
     except ValueError as e:
         raise UserError(f"train: {trainer_cls.__name__} rejected the recipe: {e}") from None
+    _compact_lm_heads(trainer)
+    return trainer
+
+
+def _compact_lm_heads(trainer) -> None:
+    """On CPU, the SFT/DPO/KTO trainers' fused LM head scores only labelled positions (alignkit/lm_head.py;
+    SFT 1.21x the tokens/s, bench/sft_throughput.py). GRPO/RLOO divide their logits by a sampling
+    temperature, which the compact head does not: theirs stays TRL's."""
+    import trl
+
+    from alignkit.lm_head import use_compact_lm_head
+
+    if not isinstance(trainer, (trl.SFTTrainer, trl.DPOTrainer, trl.KTOTrainer)):
+        return
+    for model in (trainer.model, getattr(trainer, "ref_model", None)):
+        if model is not None:
+            use_compact_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def precision_defaults() -> dict[str, Any]:

@@ -7,7 +7,8 @@ Three arms, each in its own subprocess (so peak RSS is its own), on SmolLM2-135M
          both DPO arms continue;
   plain  a plain TRL DPO script as TRL's docs show it (PeftModel with the SFT adapter trainable; TRL makes the
          frozen "ref" copy and scores it every step);
-  ours   alignkit's DPO stage (reference log-probs precomputed once, step-0 check), same pairs/batch/steps/lr.
+  ours   alignkit's DPO stage (reference log-probs precomputed once, step-0 check), same pairs/batch/steps/lr;
+  ours with TRL's LM head: the same, ALIGNKIT_LM_HEAD=trl (alignkit/lm_head.py off).
 Step time = median gap between consecutive training-step logs after the first two (steady state); both arms
 log every step. Writes bench/results/dpo_step.md.
 """
@@ -91,11 +92,11 @@ print("RESULT " + json.dumps({"adapter": str(result.adapter_dir),
 '''
 
 
-def run_arm(name: str, code: str, args: list[str]) -> dict:
+def run_arm(name: str, code: str, args: list[str], **env: str) -> dict:
     t = time.time()
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled",
-                               "HF_HUB_OFFLINE": "1"})
+                               "HF_HUB_OFFLINE": "1", **env})
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not line:
         sys.exit(f"arm {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -120,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignkit.models import resolve
+    from bench.run_all import cpu_kind
 
     model_dir = resolve("smollm2-135m-instruct")
     work = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
@@ -133,6 +135,9 @@ def main() -> None:
     plain = run_arm("plain", PLAIN, [model_dir, *common[:2], str(work / "plain"), *common[3:]])
     ours = run_arm("ours", OURS_DPO, [str(ROOT / "recipes/smollm2/dpo.yaml"), *common[:2], str(work / "ours"),
                                       *common[3:], *args.set])
+    # alignkit's DPO again with TRL's fused LM head kept: the part of the ratio alignkit/lm_head.py makes
+    trl_head = run_arm("ours, TRL's LM head", OURS_DPO, [str(ROOT / "recipes/smollm2/dpo.yaml"), *common[:2],
+                       str(work / "trl-head"), *common[3:], *args.set], ALIGNKIT_LM_HEAD="trl")
     load_after = os.getloadavg()
 
     plain_step, ours_step = steady_step(plain["step_times"]), steady_step(ours["step_times"])
@@ -144,12 +149,15 @@ def main() -> None:
         f"| SFT stage (alignkit, sft.yaml's batch) | – | – | {sft['max_rss_mb']:.0f} |",
         f"| plain TRL DPO | {plain_step:.2f} | {plain['seconds']:.0f} | {plain['max_rss_mb']:.0f} |",
         f"| alignkit DPO | {ours_step:.2f} | {ours['seconds']:.0f} | {ours['max_rss_mb']:.0f} |",
+        f"| alignkit DPO with TRL's LM head (ALIGNKIT_LM_HEAD=trl) | {steady_step(trl_head['step_times']):.2f} | "
+        f"{trl_head['seconds']:.0f} | {trl_head['max_rss_mb']:.0f} |",
     ]
     summary = (f"step time alignkit/plain {step_ratio:.2f}x (target <= 0.8x); peak RSS DPO/SFT {rss_ratio:.2f}x "
-               f"(target <= 1.15x); plain TRL DPO/SFT RSS {plain['max_rss_mb'] / sft['max_rss_mb']:.2f}x")
+               f"(target <= 1.15x); plain TRL DPO/SFT RSS {plain['max_rss_mb'] / sft['max_rss_mb']:.2f}x; the compact CPU LM head: "
+               f"step {ours_step / steady_step(trl_head['step_times']):.2f}x TRL's fused head's")
     text = "\n".join([
         "## DPO step (bench/dpo_step.py)", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}, load average "
         f"{load_before[0]:.1f} before / {load_after[0]:.1f} after (other jobs share the cores); SmolLM2-135M-Instruct, "
         f"LoRA r=16 all-linear continued from an SFT adapter, {len(rows)} demo pairs, {args.batch_size} pairs "
         f"({2 * args.batch_size} sequences) per step, {args.steps} steps, lr {args.lr:g}; {time.strftime('%Y-%m-%d %H:%M')}",

@@ -4,6 +4,8 @@
 
 The optimizer batch is the same in every arm (8 sequences); alignkit's sft.yaml reaches it with micro-batches
 of 4 accumulated twice (its peak RSS is one micro-batch's activations), and a third arm runs all 8 at once.
+A fourth arm is sft.yaml again with TRL's fused LM head kept (ALIGNKIT_LM_HEAD=trl), which on CPU scores every
+position: the ratio to it is what alignkit/lm_head.py buys.
 
 Each arm runs in its own subprocess (so peak RSS is its own). Both train on the same prompt/completion
 records; afterwards one evaluator computes both adapters' completion-only validation loss the same way.
@@ -56,7 +58,8 @@ from sft.train import run
 recipe_path, train_file, out, epochs, bs, lr = sys.argv[1:7]
 recipe = load_recipe(recipe_path, SFTRecipe, [f"data.train={train_file}", "data.val_fraction=0", "data.test_fraction=0",
     "data.dedup=false", "data.near_dedup=false", f"output.dir={out}", "tracking.backend=none",
-    f"train.num_train_epochs={epochs}", f"train.per_device_train_batch_size={bs}", f"train.learning_rate={lr}",
+    # max_steps=-1: the epochs decide, as in the plain script (sft.yaml caps the demo at 36 steps)
+    f"train.num_train_epochs={epochs}", "train.max_steps=-1", f"train.per_device_train_batch_size={bs}", f"train.learning_rate={lr}",
     "train.save_strategy=no", "output.resume=never", *sys.argv[7:]])
 t = time.time()
 result = run(recipe)
@@ -79,9 +82,9 @@ def records(n: int) -> tuple[list[dict], list[dict]]:
     return train[:n], val[: max(8, n // 4)]
 
 
-def run_arm(code: str, args: list[str]) -> dict:
+def run_arm(code: str, args: list[str], **env: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"})
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled", **env})
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not line:
         sys.exit(f"arm failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -120,6 +123,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from alignkit.models import load_tokenizer, resolve
+    from bench.run_all import cpu_kind
 
     model_dir = resolve("smollm2-135m-instruct")
     tok, _ = load_tokenizer("smollm2-135m-instruct")
@@ -143,8 +147,11 @@ def main() -> None:
     # The whole batch in one forward: faster, but its activations are the peak.
     whole_args = [*ours_args[:2], str(work / "whole"), *ours_args[3:6], "train.gradient_accumulation_steps=1"]
     whole = run_arm(OURS, whole_args)
+    # The same as `ours` with TRL's fused LM head kept (alignkit/lm_head.py is what differs)
+    trl_head = run_arm(OURS, [*ours_args[:2], str(work / "trl-head"), *ours_args[3:]], ALIGNKIT_LM_HEAD="trl")
     arms = [("plain TRL", plain), (f"alignkit (sft.yaml: {args.batch_size // accumulate} × {accumulate} accumulated)", ours),
-            (f"alignkit, {args.batch_size} sequences in one forward", whole)]
+            (f"alignkit, {args.batch_size} sequences in one forward", whole),
+            ("alignkit (sft.yaml) with TRL's LM head (ALIGNKIT_LM_HEAD=trl)", trl_head)]
     for _, arm in arms:
         arm["tokens_per_s"] = tokens / arm["seconds"]
         arm["val_loss"] = val_loss(model_dir, arm["adapter"], val)
@@ -158,10 +165,13 @@ def main() -> None:
              for name, a in arms]
     summary = (f"sft.yaml: speed ratio {speed:.2f}x (target >= 1.5x), RSS ratio {rss:.2f} (target <= 1.0), "
                f"val loss difference {dloss * 100:+.2f}% (target within 2%). The whole batch in one forward: "
-               f"{whole['tokens_per_s'] / plain['tokens_per_s']:.2f}x at RSS {whole['max_rss_mb'] / plain['max_rss_mb']:.2f}.")
+               f"{whole['tokens_per_s'] / plain['tokens_per_s']:.2f}x at RSS {whole['max_rss_mb'] / plain['max_rss_mb']:.2f}. "
+               f"The compact CPU LM head: {ours['tokens_per_s'] / trl_head['tokens_per_s']:.2f}x the speed of "
+               f"TRL's fused head, RSS {ours['max_rss_mb'] / trl_head['max_rss_mb']:.2f}x.")
     text = "\n".join([
         "## SFT throughput (bench/sft_throughput.py)", "",
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; SmolLM2-135M-Instruct, LoRA r=16 "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}"
+        f"{' (ONEDNN_MAX_CPU_ISA=' + os.environ['ONEDNN_MAX_CPU_ISA'] + ')' if 'ONEDNN_MAX_CPU_ISA' in os.environ else ''}; SmolLM2-135M-Instruct, LoRA r=16 "
         f"all-linear, {len(train)} prompt/completion records ({tokens} non-padding tokens), batch "
         f"{args.batch_size}, {args.epochs:g} epoch; {time.strftime('%Y-%m-%d')}", "", *rows, "", summary, ""])
     print(text)
