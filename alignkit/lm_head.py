@@ -55,14 +55,15 @@ def use_compact_lm_head(model) -> bool:
         if not fused_lm_head or shift_labels is not None:
             return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                num_items_in_batch=num_items_in_batch, **kwargs)
-        mask = labels[:, 1:] != -100
+        next_tokens = labels[:, 1:]
+        mask = next_tokens != -100
         lm_head = self.get_output_embeddings()
         if int(mask.sum()) * lm_head.weight.shape[0] > MAX_LOGITS:
             return trl_forward(*args, fused_lm_head=True, labels=labels, num_items_in_batch=num_items_in_batch,
                                **kwargs)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        return _score(lm_head, hidden[mask], labels[:, 1:][mask], mask, num_items_in_batch)
+        return _score(lm_head, hidden[mask], next_tokens[mask], mask, num_items_in_batch)
 
     model.forward = types.MethodType(forward, model)
     return True
