@@ -141,6 +141,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     plain_step, ours_step = steady_step(plain["step_times"]), steady_step(ours["step_times"])
+    trl_head_step = steady_step(trl_head["step_times"])
     step_ratio = ours_step / plain_step
     rss_ratio = ours["max_rss_mb"] / sft["max_rss_mb"]
     table = [
@@ -149,12 +150,12 @@ def main() -> None:
         f"| SFT stage (alignkit, sft.yaml's batch) | – | – | {sft['max_rss_mb']:.0f} |",
         f"| plain TRL DPO | {plain_step:.2f} | {plain['seconds']:.0f} | {plain['max_rss_mb']:.0f} |",
         f"| alignkit DPO | {ours_step:.2f} | {ours['seconds']:.0f} | {ours['max_rss_mb']:.0f} |",
-        f"| alignkit DPO with TRL's LM head (ALIGNKIT_LM_HEAD=trl) | {steady_step(trl_head['step_times']):.2f} | "
+        f"| alignkit DPO with TRL's LM head (ALIGNKIT_LM_HEAD=trl) | {trl_head_step:.2f} | "
         f"{trl_head['seconds']:.0f} | {trl_head['max_rss_mb']:.0f} |",
     ]
     summary = (f"step time alignkit/plain {step_ratio:.2f}x (target <= 0.8x); peak RSS DPO/SFT {rss_ratio:.2f}x "
                f"(target <= 1.15x); plain TRL DPO/SFT RSS {plain['max_rss_mb'] / sft['max_rss_mb']:.2f}x; the compact CPU LM head: "
-               f"step {ours_step / steady_step(trl_head['step_times']):.2f}x TRL's fused head's")
+               f"step {ours_step / trl_head_step:.2f}x TRL's fused head's")
     text = "\n".join([
         "## DPO step (bench/dpo_step.py)", "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}, load average "
