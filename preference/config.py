@@ -62,6 +62,14 @@ class PairsConfig:
     invalid: Literal["error", "drop"] = field(
         default="error", metadata={"help": "A pair with chosen == rejected, an empty side or an implicit-prompt "
                                            "mismatch: stop with file:line (error), or count and skip it (drop)."})
+    opening_tokens: int | None = field(
+        default=None, metadata={"help": "DPO: score only the first N tokens of each reply, where it refuses or "
+                                        "answers (unset: whole replies). Needs train.precompute_ref_log_probs: "
+                                        "false."})
+
+    def __post_init__(self):
+        if self.opening_tokens is not None and self.opening_tokens < 1:
+            raise ValueError(f"pairs.opening_tokens must be ≥ 1, got {self.opening_tokens}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 from alignkit import distributed, lifecycle, models
+from alignkit.errors import UserError
 from alignkit.pairs import load_pairs, pairs_to_kto, thumbs_to_kto, to_kto_dataset, to_preference_dataset
 from alignkit.runs import Run
 from preference.config import DPO_DEFAULTS, KTO_DEFAULTS, DPORecipe, KTORecipe
@@ -64,15 +65,40 @@ def load_kto_data(recipe: KTORecipe, tokenizer) -> lifecycle.Data:
     return _data(prepared, rows("train"), rows("val"))
 
 
+class OpeningCollator:
+    """TRL's preference collator on the first `tokens` tokens of each reply (and no end-of-turn after them).
+
+    A round's pair differs where the reply refuses or answers, in its first few tokens; DPO's log-ratio sums
+    over all of them, so on 40-token replies the decision is one term in ~40 and the rest is content.
+    """
+
+    def __init__(self, collate, tokens: int):
+        self.collate, self.tokens = collate, tokens
+
+    def __call__(self, examples: list[dict]) -> dict:
+        cut = [{**ex, "chosen_ids": ex["chosen_ids"][:self.tokens], "rejected_ids": ex["rejected_ids"][:self.tokens]}
+               for ex in examples]
+        return self.collate(cut)
+
+
 def build_trainer(ctx: lifecycle.Context):
     """The policy under TRL's DPOTrainer or KTOTrainer (by the config class), reference checked at step 0."""
     import trl
 
     trainer_cls = trl.DPOTrainer if isinstance(ctx.args, trl.DPOConfig) else trl.KTOTrainer
+    opening = ctx.recipe.pairs.opening_tokens
+    if opening and trainer_cls is not trl.DPOTrainer:
+        raise UserError("pairs.opening_tokens: DPO only (KTO scores each reply on its own, with no pair to cut)")
+    if opening and ctx.args.precompute_ref_log_probs:
+        # TRL scores the reference while the trainer is built, on whole replies, before the cut applies
+        raise UserError("pairs.opening_tokens needs train.precompute_ref_log_probs: false (the reference is "
+                        "then scored on the same cut replies in each step)")
     trainer = lifecycle.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
                                   train_dataset=ctx.data.train, eval_dataset=ctx.data.eval,
                                   processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
     # one answer for the run: rank 0 scores the pairs (no collective inside), every rank stops if it fails
+    if opening:
+        trainer.data_collator = OpeningCollator(trainer.data_collator, opening)
     ref_check = distributed.on_main(
         lambda: check_reference(trainer, ctx.recipe.reference.pairs, ctx.recipe.reference.tolerance))
     if distributed.is_main():

@@ -118,3 +118,51 @@ def test_bundled_recipes_resolve_to_what_the_file_says_over_the_stage_defaults(n
 def test_unknown_train_key_names_the_file_and_the_nearest_dpo_option():
     with pytest.raises(UserError, match=r"dpo.yaml.*unknown key 'train.bta'.*'beta'"):
         load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe, ["train.bta=0.2"])
+
+
+def test_opening_collator_keeps_the_prompt_and_the_first_reply_tokens_only():
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    collate = train.OpeningCollator(DataCollatorForPreference(pad_token_id=0), tokens=2)
+    batch = collate([{"prompt_ids": [5, 6, 7], "chosen_ids": [11, 12, 13, 2], "rejected_ids": [21, 2]},
+                     {"prompt_ids": [8], "chosen_ids": [31], "rejected_ids": [41, 42, 43, 2]}])
+    # TRL's order: every chosen sequence, then every rejected one; the end-of-turn (2) is cut with the rest
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 11, 12], [8, 31, 0, 0, 0], [5, 6, 7, 21, 2], [8, 41, 42, 0, 0]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 0, 1, 1], [0, 1, 0, 0, 0], [0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
+    assert batch["attention_mask"].sum(1).tolist() == [5, 2, 5, 3]
+
+
+def test_dpo_on_reply_openings_trains_and_scores_only_them(sft_parent, tiny_model_dir, pairs_file):
+    parent = registry_entry(sft_parent)
+
+    def tokens_seen(*overrides):
+        result = train.run(recipe("dpo", DPORecipe, tiny_model_dir, pairs_file, sft_parent.root,
+                                  f"model.adapter={sft_parent.adapter_dir}", "train.precompute_ref_log_probs=false",
+                                  *overrides))
+        assert result.manifest["status"] == "completed" and result.manifest["reference_check"]["passed"]
+        rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
+        return max(r["num_tokens"] for r in rows if "num_tokens" in r)  # every token the 4 steps trained on
+
+    whole, opening = tokens_seen(), tokens_seen("pairs.opening_tokens=3")
+    # the same 4 steps of 4 pairs (32 sequences), each reply cut to 3 tokens: at least 32 × (1 + 1) fewer
+    # (the fixture's replies are ≥ 5 tokens with their end-of-turn)
+    assert 0 < opening <= whole - 64
+    assert registry_entry(sft_parent) == parent
+
+
+@pytest.mark.parametrize("stage, extra, message", [
+    ("dpo", ["train.precompute_ref_log_probs=true"], "opening_tokens needs train.precompute_ref_log_probs: false"),
+    ("kto", ["train.precompute_ref_log_probs=false"], "opening_tokens: DPO only")])
+def test_opening_tokens_where_they_cannot_apply_stop_before_training(stage, extra, message, sft_parent, tiny_model_dir,
+                                                                     pairs_file):
+    cls, run = (DPORecipe, train.run) if stage == "dpo" else (KTORecipe, train.run_kto)
+    with pytest.raises(UserError, match=message):
+        run(recipe(stage, cls, tiny_model_dir, pairs_file, sft_parent.root, f"model.adapter={sft_parent.adapter_dir}",
+                   "pairs.opening_tokens=4", *extra))
+    added = {k: e["status"] for k, e in runs.read_registry(sft_parent.root)["runs"].items() if k != sft_parent.id}
+    assert "completed" not in added.values()
+
+
+def test_opening_tokens_below_one_name_the_key():
+    with pytest.raises(UserError, match="opening_tokens"):
+        load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe, ["pairs.opening_tokens=0"])
