@@ -7,8 +7,11 @@ Three arms, each in its own subprocess (so peak RSS is its own), on SmolLM2-135M
          both DPO arms continue;
   plain  a plain TRL DPO script as TRL's docs show it (PeftModel with the SFT adapter trainable; TRL makes the
          frozen "ref" copy and scores it every step);
-  ours   alignkit's DPO stage (reference log-probs precomputed once, step-0 check), same pairs/batch/steps/lr;
-  ours with TRL's LM head: the same, ALIGNKIT_LM_HEAD=trl (alignkit/lm_head.py off).
+  ours   alignkit's DPO stage (reference log-probs precomputed once, step-0 check), same pairs/batch/steps/lr,
+         activation recompute on (the stage's default and TRL's, so both arms pay it: like for like);
+  ours without recompute: the same with dpo.yaml's own `activation_checkpointing: false` (the demo's
+         setting: a faster step for more memory, reported beside the ratios, not in them);
+  ours with TRL's LM head: `ours` with ALIGNKIT_LM_HEAD=trl (alignkit/lm_head.py off).
 Step time = median gap between consecutive training-step logs after the first two (steady state); both arms
 log every step. Writes bench/results/dpo_step.md.
 """
@@ -133,15 +136,21 @@ def main() -> None:
     sft = run_arm("sft", OURS_SFT, [str(ROOT / "recipes/smollm2/sft.yaml"), str(work / "sft"), str(args.steps)])
     common = [sft["adapter"], str(pairs), None, str(args.steps), str(args.batch_size), str(args.lr)]
     plain = run_arm("plain", PLAIN, [model_dir, *common[:2], str(work / "plain"), *common[3:]])
-    ours = run_arm("ours", OURS_DPO, [str(ROOT / "recipes/smollm2/dpo.yaml"), *common[:2], str(work / "ours"),
-                                      *common[3:], *args.set])
+    dpo_yaml = str(ROOT / "recipes/smollm2/dpo.yaml")
+    # TRL's DPOConfig recomputes activations by default (gradient_checkpointing=True), so the plain arm does;
+    # dpo.yaml turns it off for the demo, which made a DPO-without-recompute vs plain-with-it comparison
+    # (2026-12-02: "0.38x step, 1.50x RSS"). The ratios compare like with like; the demo setting is its own row.
+    recompute = ["train.activation_checkpointing=true"]
+    ours = run_arm("ours", OURS_DPO, [dpo_yaml, *common[:2], str(work / "ours"), *common[3:], *recompute, *args.set])
+    demo = run_arm("ours, no recompute", OURS_DPO, [dpo_yaml, *common[:2], str(work / "demo"), *common[3:],
+                                                    "train.activation_checkpointing=false", *args.set])
     # alignkit's DPO again with TRL's fused LM head kept: the part of the ratio alignkit/lm_head.py makes
-    trl_head = run_arm("ours, TRL's LM head", OURS_DPO, [str(ROOT / "recipes/smollm2/dpo.yaml"), *common[:2],
-                       str(work / "trl-head"), *common[3:], *args.set], ALIGNKIT_LM_HEAD="trl")
+    trl_head = run_arm("ours, TRL's LM head", OURS_DPO, [dpo_yaml, *common[:2], str(work / "trl-head"), *common[3:],
+                                                         *recompute, *args.set], ALIGNKIT_LM_HEAD="trl")
     load_after = os.getloadavg()
 
     plain_step, ours_step = steady_step(plain["step_times"]), steady_step(ours["step_times"])
-    trl_head_step = steady_step(trl_head["step_times"])
+    trl_head_step, demo_step = steady_step(trl_head["step_times"]), steady_step(demo["step_times"])
     step_ratio = ours_step / plain_step
     rss_ratio = ours["max_rss_mb"] / sft["max_rss_mb"]
     table = [
@@ -149,13 +158,18 @@ def main() -> None:
         "|---|---|---|---|",
         f"| SFT stage (alignkit, sft.yaml's batch) | – | – | {sft['max_rss_mb']:.0f} |",
         f"| plain TRL DPO | {plain_step:.2f} | {plain['seconds']:.0f} | {plain['max_rss_mb']:.0f} |",
-        f"| alignkit DPO | {ours_step:.2f} | {ours['seconds']:.0f} | {ours['max_rss_mb']:.0f} |",
+        f"| alignkit DPO (activation recompute, as TRL's default) | {ours_step:.2f} | {ours['seconds']:.0f} | "
+        f"{ours['max_rss_mb']:.0f} |",
+        f"| alignkit DPO without recompute (dpo.yaml, the demo) | {demo_step:.2f} | {demo['seconds']:.0f} | "
+        f"{demo['max_rss_mb']:.0f} |",
         f"| alignkit DPO with TRL's LM head (ALIGNKIT_LM_HEAD=trl) | {trl_head_step:.2f} | "
         f"{trl_head['seconds']:.0f} | {trl_head['max_rss_mb']:.0f} |",
     ]
     summary = (f"step time alignkit/plain {step_ratio:.2f}x (target <= 0.8x); peak RSS DPO/SFT {rss_ratio:.2f}x "
                f"(target <= 1.15x); plain TRL DPO/SFT RSS {plain['max_rss_mb'] / sft['max_rss_mb']:.2f}x; the compact CPU LM head: "
-               f"step {ours_step / trl_head_step:.2f}x TRL's fused head's")
+               f"step {ours_step / trl_head_step:.2f}x TRL's fused head's; without recompute (the demo's dpo.yaml): "
+               f"step {demo_step / ours_step:.2f}x, peak RSS {demo['max_rss_mb'] / ours['max_rss_mb']:.2f}x the "
+               f"recompute arm's")
     text = "\n".join([
         "## DPO step (bench/dpo_step.py)", "",
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {cpu_kind()}, load average "
