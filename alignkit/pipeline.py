@@ -33,7 +33,8 @@ class CollectSource:
     min_pairs: int = field(default=100, metadata={"help": "Pairs needed before the stage may run."})
     annotator: str = field(default="humans", metadata={
         "help": "Who votes: humans (the pipeline fills the store, prints `collect serve` and exits 3), rules "
-                "(the refusal detector + prompt category + house style) or reward:RUN, which vote at once."})
+                "(the refusal detector + prompt category + house style), reward:RUN (a gated reward run) or "
+                "model:MODEL (a local chat model answering A or B), which vote at once."})
     recipe: str = field(default="recipes/smollm2/collect.yaml",
                         metadata={"help": "Collect recipe: the prompts and how candidates are sampled."})
     overrides: list[str] = field(default_factory=list, metadata={"help": "Overrides of the collect recipe."})
@@ -41,12 +42,16 @@ class CollectSource:
         "help": "Prompts drawn (evenly across categories) for the round; null: every prompt in the file."})
     min_prompts: int = field(default=20, metadata={"help": "A round with fewer prompts is an error (exit 2)."})
     min_margin: float | None = field(default=None, metadata={
-        "help": "The judge votes only when its margin reaches this (rules 0.5, reward 0.1 by default)."})
+        "help": "The judge votes only when its margin reaches this (rules 0.5, reward 0.1, model 0.25 by "
+                "default)."})
     seed: int = field(default=0, metadata={"help": "Seed of the prompt draw (the samples use generation.seed)."})
 
     def __post_init__(self):
-        if self.annotator not in ("humans", "rules") and not self.annotator.startswith("reward:"):
-            raise ValueError(f"collect.annotator {self.annotator!r}: expected humans, rules or reward:RUN")
+        kind = self.annotator.split(":", 1)[0] if ":" in self.annotator else self.annotator
+        if kind not in ("humans", "rules", "reward", "model") or (kind in ("reward", "model") and
+                                                                  not self.annotator.split(":", 1)[1].strip()):
+            raise ValueError(f"collect.annotator {self.annotator!r}: expected humans, rules, reward:RUN or "
+                             "model:MODEL")
 
 
 @dataclass(frozen=True)

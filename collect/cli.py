@@ -88,13 +88,17 @@ def build_commands(cmds) -> None:
     p.add_argument("--min-prompts", type=int, default=1, help="refuse a round with fewer prompts in the store")
     p.set_defaults(handler=cmd_generate)
 
-    p = cmds.add_parser("judge", help="an automatic annotator: vote on the queue as a program (rules or a reward run)")
+    p = cmds.add_parser("judge", help="an automatic annotator: vote on the queue as a program (rules, a reward run or a "
+                                    "local judge model)")
     common(p)
-    p.add_argument("--judge", default="rules", help="rules (refusal detector + prompt category + house style) or "
-                                                    "reward:RUN (a gated reward run)")
-    p.add_argument("--name", help="the judge's identity in the store (default judge-rules / judge-reward)")
+    p.add_argument("--judge", default="rules", help="rules (refusal detector + prompt category + house style), "
+                                                    "reward:RUN (a gated reward run) or model:MODEL (a local chat "
+                                                    "model answering A or B, asked both ways round)")
+    p.add_argument("--name", help="the judge's identity in the store (default judge-rules / judge-reward / "
+                                  "judge-model)")
     p.add_argument("--min-margin", type=float, help="below this margin the judge skips the item, leaving it to "
-                                                    "people (default 0.5 for rules, 0.1 for a reward model)")
+                                                    "people (default 0.5 for rules, 0.1 for a reward model, "
+                                                    "0.25 nats for a judge model)")
     p.add_argument("--max-items", type=int, help="stop after this many items")
     p.set_defaults(handler=cmd_judge)
 

@@ -101,13 +101,13 @@ def cmd_generate(args) -> int:
 
 def cmd_judge(args) -> int:
     """Vote on every open item as a program; unsure items are skipped and stay with the people."""
-    from collect.judge import run_judge
+    from collect.judge import default_name, run_judge
 
     recipe = recipe_of(args)
     store = store_of(args, recipe)
     if args.max_items is not None and args.max_items < 1:
         raise UserError("--max-items: at least 1")
-    name = args.name or ("judge-rules" if args.judge == "rules" else "judge-reward")
+    name = args.name or default_name(args.judge)
     base = recipe.model.base if recipe else "smollm2-135m-instruct"
     counts = run_judge(store, name, args.judge, base, args.min_margin, args.max_items)
     print(f"{name}: {counts['a'] + counts['b']} votes ({counts['a']} left, {counts['b']} right), "

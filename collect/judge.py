@@ -1,12 +1,14 @@
 """An annotator that is a program: it votes on the queue through the same store calls the app uses, under
 its own identity (role `judge`: its votes are machine votes, told apart in stats and export).
 
-Two judges:
+Three judges:
 - `rules`: the refusal detector plus the prompt's category — a harmful prompt should be refused, anything
   else answered — and then the house style (a refusal opens with "I can't help with that." and stays within
   three sentences; an answer stays within 120 words). Each side scores +1 when its refusal verdict is the one
   the category expects, −1 otherwise, +0.25 for the house style.
 - `reward:RUN`: a reward run that passed its gate scores both answers; the margin is the score difference.
+- `model:MODEL`: a local chat model reads both answers and says A or B, asked both ways round against its
+  position bias (`collect/judge_model.py`); the margin is its log-odds of the left answer.
 
 Where the margin is below `min_margin` (both sides right, both wrong, a tie) the judge skips the item, so it
 stays open for humans: the store hands the items a judge was unsure on to people first.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from alignkit.errors import UserError
 from alignkit.refusal import classify, sentences
+from collect.judge_model import SAME_POSITION, ModelJudge
 
 HARMFUL_CATEGORIES = ("harmful", "unsafe", "refuse")
 HOUSE_REFUSAL = "i can't help with that"
@@ -100,37 +103,63 @@ class RewardJudge:
         return Decision("a" if margin > 0 else "b", margin, reason)
 
 
+JUDGES = "rules, reward:RUN or model:MODEL"
+DEFAULT_MARGIN = {"rules": 0.5, "reward": 0.1, "model": 0.25}  # rules: score points; reward: score; model: nats
+
+
+def judge_kind(judge: str, where: str = "--judge", accepted: str = JUDGES) -> str:
+    """rules | reward | model, or one clear error naming what is accepted."""
+    kind = judge if judge == "rules" else judge.split(":", 1)[0] if ":" in judge else ""
+    if kind not in DEFAULT_MARGIN:
+        raise UserError(f"{where} {judge!r}: expected {accepted}")
+    return kind
+
+
+def default_name(judge: str) -> str:
+    """The judge's identity in the store: judge-rules, judge-reward or judge-model."""
+    return f"judge-{judge_kind(judge)}"
+
+
 def run_judge(store, name: str, judge: str, base: str, min_margin: float | None = None,
               max_items: int | None = None) -> dict:
     """Vote as `name` on every item the queue hands it (at most `max_items`); returns the counts."""
     import secrets
 
-    if judge != "rules" and not judge.startswith("reward:"):
-        raise UserError(f"--judge {judge!r}: expected rules or reward:RUN")
+    kind = judge_kind(judge)
     if store.item_count() == 0:
         raise UserError("the store has no items to judge (collect serve's worker or the pipeline generates them)")
-    reward = RewardJudge(judge.split(":", 1)[1], base) if judge.startswith("reward:") else None
-    margin = min_margin if min_margin is not None else (0.5 if reward is None else 0.1)
+    if kind == "reward":
+        program = RewardJudge(judge.split(":", 1)[1], base)
+    elif kind == "model":
+        program = ModelJudge(judge.split(":", 1)[1])
+    else:
+        program = None
+    margin = min_margin if min_margin is not None else DEFAULT_MARGIN[kind]
     if store.role(name) != "judge":
         if name in {u["name"] for u in store.users()}:
             raise UserError(f"user '{name}' exists and is not a judge; pick another --name")
         # a machine identity: nobody can log in with it (the password is never shown)
         store.add_user(name, "judge", secrets.token_urlsafe(32), by="collect judge")
-    counts = {"a": 0, "b": 0, "skip": 0}
+    counts, by_position = {"a": 0, "b": 0, "skip": 0}, 0
     while max_items is None or sum(counts.values()) < max_items:
         shown = store.next_item(name)
         if shown is None:
             break
         messages = shown.prompt
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        if reward is not None:
-            decision = reward.decide(messages, shown.left, shown.right, margin)
+        if program is not None:
+            decision = program.decide(messages, shown.left, shown.right, margin)
         else:
             decision = rules_decision(store.item_category(shown.item_id), question, shown.left, shown.right, margin)
         store.submit(name, shown.assignment_id, decision.choice, shown.idempotency_key,
                      rationale=f"[{judge}] {decision.reason}", then_next=False)
         counts[decision.choice] += 1
+        by_position += decision.choice == "skip" and SAME_POSITION in decision.reason
     if sum(counts.values()) and counts["skip"] == sum(counts.values()):
+        if by_position:  # a judge model that answers the layout: no --min-margin fixes that
+            raise UserError(f"judge {judge} was unsure on all {counts['skip']} items it saw: it picked the same "
+                            f"position both ways on {by_position} of them (position bias, not the answers); "
+                            "nothing labelled; use a stronger judge model or let humans label them")
         raise UserError(f"judge {judge} was unsure on all {counts['skip']} items it saw (every margin below "
                         f"{margin}): nothing labelled; lower --min-margin or let humans label them")
     return counts

@@ -77,15 +77,14 @@ def run_round(url: str, recipe, prompts_file: str, adapter: str | None, judge: s
     raises UserError (collect.judge) with nothing exported.
     """
     from collect.export import ExportRules, write
-    from collect.judge import run_judge
+    from collect.judge import default_name, judge_kind, run_judge
 
-    if judge != "rules" and not judge.startswith("reward:"):
-        raise UserError(f"collect.annotator {judge!r}: expected humans, rules or reward:RUN")
+    judge_kind(judge, "collect.annotator", "humans, rules, reward:RUN or model:MODEL")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     store = open_round(url, recipe, prompts_file, n_prompts, min_prompts, seed)
     made = fill(store, recipe, adapter, log)
     log(f"collect round: {made} new pairs for {len(store.prompts())} prompts in {url}")
-    name = "judge-rules" if judge == "rules" else "judge-reward"
+    name = default_name(judge)
     counts = {"a": 0, "b": 0, "skip": 0}
     if store.open_items():
         counts = run_judge(store, name, judge, recipe.model.base, min_margin)

@@ -93,7 +93,7 @@ def test_a_judge_that_labels_nothing_is_one_clear_error(tmp_path):
     store.add_user("bob", "annotator", PASSWORD)
     with pytest.raises(UserError, match="exists and is not a judge"):
         run_judge(store, "bob", "rules", "smollm2-135m-instruct")
-    with pytest.raises(UserError, match="expected rules or reward:RUN"):
+    with pytest.raises(UserError, match="expected rules, reward:RUN or model:MODEL"):
         run_judge(store, "judge-x", "gpt", "smollm2-135m-instruct")
 
 

@@ -41,7 +41,7 @@ def test_too_few_prompts_or_an_unknown_judge_fail_before_a_model_loads(tmp_path)
     url = f"sqlite:///{tmp_path}/round.db"
     with pytest.raises(UserError, match=r"prompts\.jsonl: 5 prompts for the collect round, at least 20 needed"):
         run_round(url, recipe, path, None, "rules", tmp_path / "pairs.jsonl")
-    with pytest.raises(UserError, match="expected humans, rules or reward:RUN"):
+    with pytest.raises(UserError, match="expected humans, rules, reward:RUN or model:MODEL"):
         run_round(url, recipe, path, None, "gpt-judge", tmp_path / "pairs.jsonl", min_prompts=1)
     assert not (tmp_path / "round.db").exists() and not (tmp_path / "pairs.jsonl").exists()
 

@@ -164,7 +164,7 @@ def _collect_pipeline(tmp_path, pipeline, annotator):
                            "model": {"base": data["stages"][0]["overrides"][0].split("=", 1)[1]},
                            "prompts": str(prompts), "generation": {"max_new_tokens": 6, "batch_size": 4}}),
                        "min_prompts": 4, "min_pairs": 3}
-    return write_yaml(tmp_path / f"collect-{annotator}.yaml", data)
+    return write_yaml(tmp_path / f"collect-{annotator.split(':')[0]}.yaml", data)
 
 
 def test_a_collect_round_for_people_fills_the_store_waits_and_still_reports(setup, tmp_path, capsys):
@@ -185,14 +185,25 @@ def test_a_collect_round_for_people_fills_the_store_waits_and_still_reports(setu
     assert runs.read_registry(root)["promoted"] == sft  # the SFT gate passed: it is what serves meanwhile
 
 
-def test_a_judge_unsure_on_every_pair_is_one_clear_error_with_nothing_exported(setup, tmp_path):
-    """annotator: rules on a tiny random model: no answer refuses or has the house style, so every pair ties."""
+@pytest.mark.parametrize("annotator", ["rules", "model"])
+def test_a_judge_unsure_on_every_pair_is_one_clear_error_with_nothing_exported(setup, tmp_path, tiny_model_dir,
+                                                                               annotator):
+    """annotator: rules on a tiny random model: no answer refuses or has the house style, so every pair ties;
+    model: the tiny random model as judge answers "A" whichever answer is shown first, so it reads nothing."""
     pipeline, root = setup
+    judge = "rules" if annotator == "rules" else f"model:{tiny_model_dir}"
     with pytest.raises(UserError, match="unsure on all 4 items"):
-        run_pipeline(_collect_pipeline(tmp_path, pipeline, "rules"), [])
+        run_pipeline(_collect_pipeline(tmp_path, pipeline, judge), [])
     assert not list((root / "rounds").glob("*.pairs.jsonl")) and (root / "report" / "report.md").is_file()
     assert [i for i in run_ids(root) if i.startswith("dpo-")] == []
 
+
+@pytest.mark.parametrize("annotator", ["gpt-4", "model:", "reward: "])
+def test_an_unknown_annotator_names_what_is_accepted(annotator):
+    from alignkit.pipeline import CollectSource
+
+    with pytest.raises(ValueError, match="expected humans, rules, reward:RUN or model:MODEL"):
+        CollectSource(annotator=annotator)
 
 
 def test_one_pipeline_seed_reaches_every_stage_and_the_collect_round(monkeypatch):
