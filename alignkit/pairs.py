@@ -269,15 +269,31 @@ def fit_length(items: list, tokenizer, max_tokens: int, overlong: str, report: d
 # ---------------------------------------------------------------- the whole preparation
 
 
+LABELLERS = ("humans", "judge", "humans+judge")  # metadata.labelled_by of `alignkit collect export`
+
+
+def labeller(item: Pair | Thumb) -> str:
+    """Who labelled an exported pair (metadata.labelled_by), or a UserError naming the record."""
+    who = (item.meta.get("metadata") or {}).get("labelled_by") if isinstance(item.meta.get("metadata"), dict) else None
+    if who not in LABELLERS:
+        raise UserError(f"{item.origin}: pairs.labelled_by keeps pairs by who labelled them, but this record's "
+                        f"metadata.labelled_by is {who!r}; expected one of {', '.join(LABELLERS)} (pairs from "
+                        "`alignkit collect export` carry it)")
+    return who
+
+
 def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
                overlong: Literal["drop", "truncate"] = "drop", invalid: Literal["error", "drop"] = "error",
-               allow_unpaired: bool = False, references: Sequence[str] | None = None) -> PreparedPairs:
+               allow_unpaired: bool = False, references: Sequence[str] | None = None,
+               labelled_by: Sequence[str] | None = None) -> PreparedPairs:
     """Read, validate, curate and split the preference files of a recipe's `data:` section.
 
     `invalid="error"` stops at the first unusable pair (chosen == rejected, empty side, implicit-prompt
     mismatch) with a UserError naming file:line; `"drop"` counts them per reason instead. Unpaired
     thumbs are an error unless `allow_unpaired` (KTO). Raises UserError if no training pair is left.
     `references`: texts to decontaminate against (default: those registered with curation.use_references).
+    `labelled_by`: keep only pairs whose metadata.labelled_by is one of these (people's, a judge's or both);
+    the counts kept and left out per labeller go in the report.
     """
     if overlong not in ("drop", "truncate"):
         raise UserError(f"overlong: expected drop or truncate, got {overlong!r}")
@@ -287,6 +303,7 @@ def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
     formats: Counter = Counter()
     dropped: Counter = Counter()
     examples: dict[str, str] = {}
+    by_labeller: Counter = Counter()
     read = 0
     for source in files:
         for record in data.read_records(source):
@@ -302,9 +319,17 @@ def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
             if isinstance(item, Thumb) and not allow_unpaired:
                 raise UserError(f"{record.origin}: an unpaired record (prompt/completion/label) in a pairs file; "
                                 "DPO needs chosen+rejected pairs; use the KTO recipe (recipes/smollm2/kto.yaml)")
+            if labelled_by is not None:
+                who = labeller(item)
+                by_labeller[(who, who in labelled_by)] += 1
+                if who not in labelled_by:
+                    continue
             formats[item.meta["format"]] += 1
             items.append(item)
     report: dict[str, Any] = {"formats": dict(formats), "read": read}
+    if labelled_by is not None:
+        report["labelled_by"] = {"kept": {w: n for (w, keep), n in by_labeller.items() if keep},
+                                 "left_out": {w: n for (w, keep), n in by_labeller.items() if not keep}}
     if dropped:
         report["invalid_dropped"] = dict(dropped)
         report["invalid_examples"] = examples
@@ -325,6 +350,8 @@ def load_pairs(data_cfg, tokenizer, *, max_tokens: int | None = None,
 def _describe(report: dict[str, Any]) -> str:
     parts = [f"read={report['read']}"]
     parts += [f"{k}={v}" for k, v in report.get("invalid_dropped", {}).items()]
+    if report.get("labelled_by"):
+        parts.append(f"left out by pairs.labelled_by={sum(report['labelled_by']['left_out'].values())}")
     keys = ("exact_duplicates", "near_duplicates", "too_long", "too_long_dropped", "dropped_contaminated", "kept")
     return ", ".join(parts + [f"{k}={report[k]}" for k in keys if k in report])
 

@@ -66,10 +66,21 @@ class PairsConfig:
         default=None, metadata={"help": "DPO: score only the first N tokens of each reply, where it refuses or "
                                         "answers (unset: whole replies). Needs train.precompute_ref_log_probs: "
                                         "false."})
+    labelled_by: list[str] | None = field(
+        default=None, metadata={"help": "Train only on exported pairs labelled by these: humans, judge, "
+                                        "humans+judge (metadata.labelled_by of `collect export`); unset: all "
+                                        "pairs. Counts kept and left out go in the data report."})
 
     def __post_init__(self):
         if self.opening_tokens is not None and self.opening_tokens < 1:
             raise ValueError(f"pairs.opening_tokens must be ≥ 1, got {self.opening_tokens}")
+        if self.labelled_by is not None:
+            from alignkit.pairs import LABELLERS
+
+            odd = [w for w in self.labelled_by if w not in LABELLERS] if isinstance(self.labelled_by, list) else [0]
+            if odd or not self.labelled_by:
+                raise ValueError(f"pairs.labelled_by: expected a non-empty list of {', '.join(LABELLERS)}, got "
+                                 f"{self.labelled_by!r}")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def policy(recipe, args):
 
 def _pairs(recipe, tokenizer, allow_unpaired: bool):
     prepared = load_pairs(recipe.data, tokenizer, overlong=recipe.pairs.overlong, invalid=recipe.pairs.invalid,
-                          allow_unpaired=allow_unpaired)
+                          allow_unpaired=allow_unpaired, labelled_by=recipe.pairs.labelled_by)
     print(f"data: {prepared.report}")
     return prepared
 

@@ -142,3 +142,34 @@ def test_trl_conversational_dataset_and_kto_rows():
     assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [("Yes.", True), ("No.", False)]
     assert to_kto_dataset(rows).column_names == ["prompt", "completion", "label"]
     assert to_preference_dataset([]) is None
+
+
+def test_pairs_can_be_kept_by_who_labelled_them(tmp_path, tokenizer):
+    """pairs.labelled_by: the exported pairs of people, of a judge, or of both, by metadata.labelled_by; counts of
+    what was kept and left out in the report; a record that does not say who labelled it names its line."""
+    rows = short_pairs(12)
+    for i, row in enumerate(rows):
+        row["metadata"] = {"item": i, "labelled_by": ("humans", "judge", "humans+judge")[i % 3]}
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    everything = load_pairs(cfg(path), tokenizer)
+    assert everything.report["kept"] == 12 and "labelled_by" not in everything.report
+    people = load_pairs(cfg(path), tokenizer, labelled_by=["humans", "humans+judge"])
+    assert people.report["labelled_by"] == {"kept": {"humans": 4, "humans+judge": 4}, "left_out": {"judge": 4}}
+    kept = [p for ps in people.splits.values() for p in ps]
+    assert len(kept) == 8 and {p.meta["metadata"]["labelled_by"] for p in kept} == {"humans", "humans+judge"}
+    with pytest.raises(UserError, match=r"no usable pairs .*left out by pairs.labelled_by=8"):
+        load_pairs(cfg(path), tokenizer, labelled_by=["judge"], max_tokens=8)  # and the judge's 4 too long
+    rows[5].pop("metadata")
+    with pytest.raises(UserError, match=r"p.jsonl:6: pairs.labelled_by .* metadata.labelled_by is None"):
+        load_pairs(cfg(write_jsonl(tmp_path / "p.jsonl", rows)), tokenizer, labelled_by=["humans"])
+
+
+@pytest.mark.parametrize("value", ["[robots]", "[]", "humans"])
+def test_an_unknown_labeller_names_the_key(tmp_path, value):
+    from alignkit.recipe import load_recipe
+    from preference.config import DPORecipe
+
+    recipe = tmp_path / "dpo.yaml"
+    recipe.write_text(f"data: {{train: pairs.jsonl}}\npairs: {{labelled_by: {value}}}\n")
+    with pytest.raises(UserError, match="labelled_by"):
+        load_recipe(str(recipe), DPORecipe)
