@@ -332,8 +332,14 @@ def with_inputs(stage: Stage, recipe, **paths: str | Path | None):
     return recipe
 
 
-def build_trainer(trainer_cls: type, **kwargs: Any):
-    """Construct a TRL trainer; a configuration TRL rejects is the recipe's problem, reported as such."""
+def build_trainer(trainer_cls: type, *, lora: dict | None = None, **kwargs: Any):
+    """Construct a TRL trainer; a configuration TRL rejects is the recipe's problem, reported as such.
+    `lora`: the recipe's section, for `loraplus_lr_ratio` (the optimizer below)."""
+    ratio = (lora or {}).get("loraplus_lr_ratio")
+    if ratio is not None:
+        from alignkit import models
+
+        kwargs["optimizers"] = (models.loraplus_optimizer(kwargs["model"], kwargs["args"], ratio), None)
     try:
         trainer = trainer_cls(**kwargs)
     except ValueError as e:

@@ -201,12 +201,32 @@ def lora_config(section: dict, task_type: str = "CAUSAL_LM"):
     """peft LoraConfig from a recipe's `lora:` section (short aliases alpha/dropout accepted)."""
     from peft import LoraConfig
 
-    from alignkit.recipe import LORA_ALIASES, LORA_DEFAULTS
+    from alignkit.recipe import LORA_ALIASES, LORA_DEFAULTS, LORA_OPTIMIZER_KEYS
 
     kwargs = dict(LORA_DEFAULTS)
-    kwargs.update({LORA_ALIASES.get(k, k): v for k, v in section.items()})
+    kwargs.update({LORA_ALIASES.get(k, k): v for k, v in section.items() if k not in LORA_OPTIMIZER_KEYS})
     kwargs.setdefault("task_type", task_type)
     return LoraConfig(**kwargs)
+
+
+def loraplus_optimizer(model, args, ratio: float):
+    """peft's LoRA+ AdamW: every lora_B matrix at `ratio` x train.learning_rate, lora_A at it. B starts at zero
+    and carries the update's direction, so it can take the larger steps: on the demo's SFT (36 steps, 4.5e-4)
+    ratio 16 measured a lower validation loss (2.59 → 2.47) and a better refuse-or-answer ranking (first-token
+    AUC 0.80 → 0.85-0.87, two seeds), with greedy decoding then over-refusing (README 'SFT specifics')."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1:
+        raise UserError(f"lora.loraplus_lr_ratio: expected a number ≥ 1 (B's learning rate over A's), got {ratio!r}")
+    if str(getattr(args.optim, "value", args.optim)) not in ("adamw_torch", "adamw_torch_fused"):
+        raise UserError(f"lora.loraplus_lr_ratio builds torch's AdamW, but train.optim is {args.optim!r}; "
+                        "unset one of them")
+    if args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise UserError("lora.loraplus_lr_ratio: under FSDP transformers' Trainer takes no prebuilt optimizer")
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=args.learning_rate, loraplus_lr_ratio=float(ratio),
+                                     betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
+                                     loraplus_weight_decay=args.weight_decay)
 
 
 def adapter_base(adapter_dir: str | Path) -> str:

@@ -248,13 +248,16 @@ def at_least(section: str, **bounds: tuple[float, float]) -> None:
 # `lora:` keys are peft's LoraConfig names, plus the short aliases used in our recipes.
 LORA_ALIASES = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 LORA_DEFAULTS = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+# Not LoraConfig fields but how the adapter is optimised: peft's LoRA+ (B matrices at `ratio` x the lr;
+# alignkit/models.py: loraplus_optimizer; README 'SFT specifics').
+LORA_OPTIMIZER_KEYS = ("loraplus_lr_ratio",)
 
 
 def lora_keys() -> list[str]:
     """Names `lora:` accepts: every peft LoraConfig field and our aliases."""
     from peft import LoraConfig
 
-    return [f.name for f in dataclasses.fields(LoraConfig)] + list(LORA_ALIASES)
+    return [f.name for f in dataclasses.fields(LoraConfig)] + list(LORA_ALIASES) + list(LORA_OPTIMIZER_KEYS)
 
 
 def trl_keys(config_cls_name: str):

@@ -76,8 +76,6 @@ def check_reference(trainer, n_rows: int = 8, tolerance: float = 1e-4) -> Refere
     trainer's own collator (same padding, same kernels): an exact comparison. Otherwise the first
     `n_rows` rows, with the reference computed live as in training.
     """
-    import torch
-
     dataset = trainer.train_dataset
     if trainer.precompute_ref_logps:  # exactly TRL's first precompute batch: same rows, same padding
         n = min(len(dataset), trainer.args.precompute_ref_batch_size or trainer.args.per_device_train_batch_size)

@@ -95,7 +95,7 @@ def build_trainer(ctx: lifecycle.Context):
                         "then scored on the same cut replies in each step)")
     trainer = lifecycle.build_trainer(trainer_cls, model=policy(ctx.recipe, ctx.args), args=ctx.args,
                                   train_dataset=ctx.data.train, eval_dataset=ctx.data.eval,
-                                  processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+                                  processing_class=ctx.tokenizer, callbacks=ctx.callbacks, lora=ctx.recipe.lora)
     if opening:  # every dataloader, the step-0 check's batch too, is collated from here on
         trainer.data_collator = OpeningCollator(trainer.data_collator, opening)
     # one answer for the run: rank 0 scores the pairs (no collective inside), every rank stops if it fails

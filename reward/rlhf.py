@@ -122,7 +122,7 @@ def build_trainer(ctx: lifecycle.Context):
     ctx.data.extra["guard"] = guard
     return lifecycle.build_trainer(trainer_cls, model=policy, reward_funcs=[reward_fn], args=ctx.args,
                                train_dataset=ctx.data.train, processing_class=tokenizer,
-                               callbacks=ctx.callbacks + [guard])
+                               callbacks=ctx.callbacks + [guard], lora=ctx.recipe.lora)
 
 
 def finish(ctx: lifecycle.Context, trainer, result) -> None:

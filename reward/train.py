@@ -103,7 +103,8 @@ def build_trainer(ctx: lifecycle.Context):
     except ValueError as e:  # e.g. layers_to_transform past this model's depth
         raise UserError(f"lora: {str(e).splitlines()[0][:300]}") from None
     return lifecycle.build_trainer(RewardTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
-                               eval_dataset=ctx.data.eval, processing_class=tokenizer, callbacks=ctx.callbacks)
+                               eval_dataset=ctx.data.eval, processing_class=tokenizer, callbacks=ctx.callbacks,
+                               lora=ctx.recipe.lora)
 
 
 def finish(ctx: lifecycle.Context, trainer, result) -> None:

@@ -39,7 +39,8 @@ def build_trainer(ctx: lifecycle.Context):
     else:
         model = models.attach_lora(model, ctx.recipe.lora, gradient_checkpointing=ctx.args.activation_checkpointing)
     return lifecycle.build_trainer(SFTTrainer, model=model, args=ctx.args, train_dataset=ctx.data.train,
-                               eval_dataset=ctx.data.eval, processing_class=ctx.tokenizer, callbacks=ctx.callbacks)
+                               eval_dataset=ctx.data.eval, processing_class=ctx.tokenizer, callbacks=ctx.callbacks,
+                               lora=ctx.recipe.lora)
 
 
 STAGE = lifecycle.Stage(

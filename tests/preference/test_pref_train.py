@@ -166,3 +166,23 @@ def test_opening_tokens_where_they_cannot_apply_stop_before_training(stage, extr
 def test_opening_tokens_below_one_name_the_key():
     with pytest.raises(UserError, match="opening_tokens"):
         load_recipe(ROOT / "recipes/smollm2/dpo.yaml", DPORecipe, ["pairs.opening_tokens=0"])
+
+
+def test_dpo_with_loraplus_continues_the_adapter_with_b_at_ratio_times_the_rate(sft_parent, tiny_model_dir, pairs_file,
+                                                                               monkeypatch):
+    """lora.loraplus_lr_ratio applies when DPO continues an adapter: only its trainable matrices are in the
+    optimizer (the frozen reference is not), B's groups at 16x the rate; the step-0 check still passes."""
+    from alignkit import models
+
+    built = []
+    real = models.loraplus_optimizer
+    monkeypatch.setattr(models, "loraplus_optimizer", lambda *a: built.append(real(*a)) or built[-1])
+    result = train.run(recipe("dpo", DPORecipe, tiny_model_dir, pairs_file, sft_parent.root,
+                              f"model.adapter={sft_parent.adapter_dir}", "lora.loraplus_lr_ratio=16",
+                              "train.max_steps=2", "train.eval_steps=2", "train.save_steps=2"))
+    assert result.manifest["status"] == "completed" and result.manifest["reference_check"]["passed"]
+    (optimizer,) = built
+    rates = sorted({g["initial_lr"] for g in optimizer.param_groups if g["params"]})
+    assert rates == [5e-3, 16 * 5e-3]
+    trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert trained == sum(v.numel() for v in lora_weights(sft_parent.adapter_dir).values())

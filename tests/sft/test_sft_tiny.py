@@ -227,3 +227,28 @@ def test_the_resolved_config_goes_to_the_wandb_config_too(tmp_path):
     lifecycle.record_config(lifecycle.OpenRun(run_, None, None, wb), SFTConfig(output_dir=str(tmp_path), learning_rate=3e-4, use_cpu=True))
     assert run_.manifest["trl_config"]["learning_rate"] == 3e-4 == wb.config["trl_config"]["learning_rate"]
     assert run_.manifest["trl_config"] == wb.config["trl_config"] and run_.manifest["trl_config_class"] == "SFTConfig"
+
+
+def test_loraplus_moves_the_b_matrices_ratio_times_as_far(tmp_path, tiny_model_dir):
+    """lora.loraplus_lr_ratio (peft's LoRA+): after one AdamW step from B = 0 every B entry has moved by about
+    the learning rate (Adam's first step is lr·g/|g|), so B's largest entry is `ratio` times the plain run's."""
+    one_step = ("train.max_steps=1", "train.save_steps=1", "train.warmup_steps=0", "train.learning_rate=1e-3")
+    plain = run(recipe(tmp_path / "plain", tiny_model_dir, *one_step))
+    plus = run(recipe(tmp_path / "plus", tiny_model_dir, *one_step, "lora.loraplus_lr_ratio=16"))
+    step = {name: max(float(b.abs().max()) for b in lora_b(r.adapter_dir).values()) for name, r in
+            (("plain", plain), ("plus", plus))}
+    assert step["plain"] == pytest.approx(1e-3, rel=0.05) and step["plus"] / step["plain"] == pytest.approx(16, rel=0.05)
+    assert plus.manifest["recipe"]["lora"]["loraplus_lr_ratio"] == 16
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lora.loraplus_lr_ratio=0.5"], "expected a number ≥ 1"),
+    (["lora.loraplus_lr_ratio=16", "train.optim=adafactor"], "builds torch's AdamW, but train.optim is"),
+])
+def test_a_bad_loraplus_setting_is_one_clear_error(tmp_path, tiny_model_dir, overrides, message):
+    from alignkit.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        run(recipe(tmp_path, tiny_model_dir, *overrides))
+    registry = runs.read_registry(tmp_path / "runs") if (tmp_path / "runs" / "registry.json").exists() else {"runs": {}}
+    assert not [r for r in registry["runs"].values() if r["status"] == "completed"]
