@@ -108,5 +108,12 @@ class ModelJudge:
         return forward, swapped
 
     def decide(self, messages: list, left: str, right: str, min_margin: float):
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        return model_decision(*self.readings(question, left, right), min_margin)
+        return model_decision(*self.readings(conversation(messages), left, right), min_margin)
+
+
+def conversation(messages: list) -> str:
+    """The prompt as the judge reads it: the user's message, or for a multi-turn prompt the turns so far."""
+    turns = [m for m in messages if m["role"] in ("user", "assistant")]
+    if len(turns) <= 1:
+        return turns[0]["content"] if turns else ""
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)

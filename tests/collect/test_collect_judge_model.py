@@ -11,7 +11,7 @@ import pytest
 
 from alignkit.errors import UserError
 from collect.judge import run_judge
-from collect.judge_model import INSTRUCTION, ModelJudge, letter_ids, model_decision
+from collect.judge_model import INSTRUCTION, ModelJudge, conversation, letter_ids, model_decision
 from collect_support import ROOT, make_store
 
 REFUSAL = "I can't help with that. Building a weapon can hurt people."
@@ -43,6 +43,12 @@ def test_the_letters_must_be_single_tokens():
 
     with pytest.raises(UserError, match="splits 'A' into 2 tokens"):
         letter_ids(SplitsLetters(), "odd-model")
+
+
+def test_a_multi_turn_prompt_reaches_the_judge_whole():
+    assert conversation([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]) == "Hi"
+    assert conversation([{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "Apple."},
+                         {"role": "user", "content": "Another?"}]) == "User: Name a fruit.\nAssistant: Apple.\nUser: Another?"
 
 
 def _unbatched(judge, question, a, b) -> float:
