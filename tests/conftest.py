@@ -15,9 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template, saved as a local model folder."""
+def save_tiny_model(out: Path, **config) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template in `out` (seed 0); `config` overrides the
+    LlamaConfig (e.g. a wider initializer_range for a model whose outputs depend sharply on its input)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -25,14 +25,26 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
     tokenizer, _ = load_tokenizer("smollm2-135m-instruct")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    out = tmp_path_factory.mktemp("tiny-model")
+    config = LlamaConfig(**{**dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True), **config})
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """save_tiny_model as a fixture: tiny_model("name", initializer_range=0.5) → the model folder."""
+    return lambda name, **config: save_tiny_model(tmp_path_factory.mktemp(name), **config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, saved as a local model folder."""
+    return tiny_model("tiny-model")
 
 
 def _seq_cls_lora(base: str, seed: int = 1):

@@ -79,24 +79,10 @@ def test_readings_are_both_orders_of_one_forward_each(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def sharp_model_dir(tmp_path_factory) -> str:
+def sharp_judge_dir(tiny_model) -> str:
     """The tiny random model with weights drawn 25x wider (std 0.5): its A/B readings depend on the answers
     enough that some items are read the same way round both ways (votes) and others by position (skips)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignkit.models import load_tokenizer
-
-    tokenizer, _ = load_tokenizer("smollm2-135m-instruct")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=0.5)
-    out = tmp_path_factory.mktemp("sharp-model")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return tiny_model("sharp-judge", initializer_range=0.5)
 
 
 def _store(tmp_path, n=6):
@@ -108,11 +94,11 @@ def _store(tmp_path, n=6):
     return store
 
 
-def test_judge_model_votes_through_the_store(sharp_model_dir, tmp_path):
+def test_judge_model_votes_through_the_store(sharp_judge_dir, tmp_path):
     """Every item gets the vote its two readings call for (worked out item by item here), in stored first/second
     terms, under a machine identity; an item the model reads by position stays open for people."""
     store = _store(tmp_path)
-    judge = ModelJudge(sharp_model_dir)
+    judge = ModelJudge(sharp_judge_dir)
     dump = store.dump()
     texts = {c: v["text"] for c, v in dump["candidates"].items()}
     expected = {}
@@ -121,12 +107,12 @@ def test_judge_model_votes_through_the_store(sharp_model_dir, tmp_path):
         forward, swapped = judge.readings(question, texts[row["first"]], texts[row["second"]])
         expected[item] = {"a": "first", "b": "second", "skip": None}[model_decision(forward, swapped, 0.0).choice]
     assert None in expected.values() and {"first", "second"} & set(expected.values())  # both kinds occur
-    counts = run_judge(store, "judge-model", f"model:{sharp_model_dir}", "smollm2-135m-instruct", 0.0)
+    counts = run_judge(store, "judge-model", f"model:{sharp_judge_dir}", "smollm2-135m-instruct", 0.0)
     assert sum(counts.values()) == 6 and counts["skip"] == sum(v is None for v in expected.values())
     assert store.role("judge-model") == "judge" and store.check_password("judge-model", "anything") is None
     votes = {v["item"]: v for v in store.dump()["votes"] if v["user"] == "judge-model"}
     assert {i: v["label"] for i, v in votes.items()} == expected
-    assert all(v["rationale"].startswith(f"[model:{sharp_model_dir}] log P(A)-P(B)") for v in votes.values())
+    assert all(v["rationale"].startswith(f"[model:{sharp_judge_dir}] log P(A)-P(B)") for v in votes.values())
     unsure = [i for i, it in store.dump()["items"].items() if it["judge_unsure"]]
     assert sorted(unsure) == sorted(i for i, label in expected.items() if label is None)
 

@@ -31,24 +31,10 @@ def _adapter(base: str, out: Path, seed: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def sharp_model_dir(tmp_path_factory) -> str:
+def sharp_model_dir(tiny_model) -> str:
     """The tiny model's shape, initialised 15× wider: its attention is peaked, so a wrong position, a row's KV
     in the wrong place or an unmasked pad changes its greedy answer (at the usual init it barely would)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignkit.models import load_tokenizer
-
-    tokenizer, _ = load_tokenizer("smollm2-135m-instruct")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=0.3)
-    out = tmp_path_factory.mktemp("sharp-model")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return tiny_model("sharp-model", initializer_range=0.3)
 
 
 @pytest.fixture(scope="session")
