@@ -44,7 +44,9 @@ def model_decision(forward: float, swapped: float, min_margin: float):
     from collect.judge import Decision
 
     margin = (forward - swapped) / 2
-    reason = f"log P(A)-P(B): {forward:+.3f} left shown as A, {swapped:+.3f} right shown as A"
+    # Said only in terms of left/right (both readings as the preference for left), so that the app can repeat
+    # it in the A/B of an annotator who sees the pair the other way round (judge.suggestion).
+    reason = f"log-odds {margin:+.3f} for left (left shown first {forward:+.3f}, left shown second {-swapped:+.3f})"
     if forward * swapped > 0:  # both readings name the same position: the layout decided, not the answers
         return Decision("skip", margin, reason + f" ({SAME_POSITION}: unsure, for people to label)")
     if abs(margin) < min_margin:

@@ -30,6 +30,18 @@ def test_decisions_worked_out_by_hand(forward, swapped, choice, margin):
     assert decision.choice == choice and decision.margin == pytest.approx(margin), decision.reason
 
 
+def test_its_reason_reads_right_in_an_annotators_swapped_view():
+    """The suggestion repeats the reason in the annotator's A/B: every number stays a preference for one side."""
+    from collect.judge import suggestion
+
+    decision = model_decision(2.0, -1.0, 0.25)  # left preferred: +2 shown first, +1 shown second
+    assert decision.reason == "log-odds +1.500 for left (left shown first +2.000, left shown second +1.000)"
+    same = suggestion("judge-model", f"[model:m] {decision.reason}", "first", "first", "first")
+    swapped = suggestion("judge-model", f"[model:m] {decision.reason}", "first", "first", "second")
+    assert same["text"].endswith("prefers A — log-odds +1.500 for A (A shown first +2.000, A shown second +1.000)")
+    assert swapped["text"].endswith("prefers B — log-odds +1.500 for B (B shown first +2.000, B shown second +1.000)")
+
+
 def test_the_letters_must_be_single_tokens():
     from alignkit.models import load_tokenizer
 
@@ -112,7 +124,7 @@ def test_judge_model_votes_through_the_store(sharp_judge_dir, tmp_path):
     assert store.role("judge-model") == "judge" and store.check_password("judge-model", "anything") is None
     votes = {v["item"]: v for v in store.dump()["votes"] if v["user"] == "judge-model"}
     assert {i: v["label"] for i, v in votes.items()} == expected
-    assert all(v["rationale"].startswith(f"[model:{sharp_judge_dir}] log P(A)-P(B)") for v in votes.values())
+    assert all(v["rationale"].startswith(f"[model:{sharp_judge_dir}] log-odds ") for v in votes.values())
     unsure = [i for i, it in store.dump()["items"].items() if it["judge_unsure"]]
     assert sorted(unsure) == sorted(i for i, label in expected.items() if label is None)
 
