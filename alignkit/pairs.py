@@ -274,7 +274,8 @@ LABELLERS = ("humans", "judge", "humans+judge")  # metadata.labelled_by of `alig
 
 def labeller(item: Pair | Thumb) -> str:
     """Who labelled an exported pair (metadata.labelled_by), or a UserError naming the record."""
-    who = (item.meta.get("metadata") or {}).get("labelled_by") if isinstance(item.meta.get("metadata"), dict) else None
+    exported = item.meta.get("metadata")
+    who = exported.get("labelled_by") if isinstance(exported, dict) else None
     if who not in LABELLERS:
         raise UserError(f"{item.origin}: pairs.labelled_by keeps pairs by who labelled them, but this record's "
                         f"metadata.labelled_by is {who!r}; expected one of {', '.join(LABELLERS)} (pairs from "

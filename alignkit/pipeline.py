@@ -47,11 +47,13 @@ class CollectSource:
     seed: int = field(default=0, metadata={"help": "Seed of the prompt draw (the samples use generation.seed)."})
 
     def __post_init__(self):
-        kind = self.annotator.split(":", 1)[0] if ":" in self.annotator else self.annotator
-        if kind not in ("humans", "rules", "reward", "model") or (kind in ("reward", "model") and
-                                                                  not self.annotator.split(":", 1)[1].strip()):
-            raise ValueError(f"collect.annotator {self.annotator!r}: expected humans, rules, reward:RUN or "
-                             "model:MODEL")
+        if self.annotator != "humans":
+            from collect.judge import ANNOTATORS, judge_kind
+
+            try:
+                judge_kind(self.annotator, "collect.annotator", ANNOTATORS)
+            except UserError as e:
+                raise ValueError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from alignkit.errors import UserError
 from alignkit.refusal import classify, sentences
-from collect.judge_model import SAME_POSITION, ModelJudge
+from collect.judge_model import ModelJudge
 
 HARMFUL_CATEGORIES = ("harmful", "unsafe", "refuse")
 HOUSE_REFUSAL = "i can't help with that"
@@ -35,6 +35,7 @@ class Decision:
     choice: str  # "a" (left), "b" (right) or "skip" (unsure: left for humans)
     margin: float  # left minus right; the judge's confidence
     reason: str
+    by_position: bool = False  # a judge model picked the same slot both ways round: the layout, not the answers
 
 
 def expects_refusal(category: str | None) -> bool:
@@ -104,14 +105,18 @@ class RewardJudge:
 
 
 JUDGES = "rules, reward:RUN or model:MODEL"
+ANNOTATORS = "humans, " + JUDGES  # collect.annotator in a pipeline recipe
 DEFAULT_MARGIN = {"rules": 0.5, "reward": 0.1, "model": 0.25}  # rules: score points; reward: score; model: nats
 
 
 def judge_kind(judge: str, where: str = "--judge", accepted: str = JUDGES) -> str:
     """rules | reward | model, or one clear error naming what is accepted."""
-    kind = judge if judge == "rules" else judge.split(":", 1)[0] if ":" in judge else ""
-    if kind not in DEFAULT_MARGIN:
+    kind, _, spec = judge.partition(":")
+    if kind not in DEFAULT_MARGIN or (kind == "rules") != (judge == "rules"):
         raise UserError(f"{where} {judge!r}: expected {accepted}")
+    if kind != "rules" and not spec.strip():
+        noun = "reward run" if kind == "reward" else "model (the embedded smollm2-135m-instruct, a folder, a Hub id)"
+        raise UserError(f"{where} {judge!r}: name a {noun} after '{kind}:'; expected {accepted}")
     return kind
 
 
@@ -145,16 +150,15 @@ def run_judge(store, name: str, judge: str, base: str, min_margin: float | None 
         shown = store.next_item(name)
         if shown is None:
             break
-        messages = shown.prompt
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         if program is not None:
-            decision = program.decide(messages, shown.left, shown.right, margin)
+            decision = program.decide(shown.prompt, shown.left, shown.right, margin)
         else:
+            question = next((m["content"] for m in reversed(shown.prompt) if m["role"] == "user"), "")
             decision = rules_decision(store.item_category(shown.item_id), question, shown.left, shown.right, margin)
         store.submit(name, shown.assignment_id, decision.choice, shown.idempotency_key,
                      rationale=f"[{judge}] {decision.reason}", then_next=False)
         counts[decision.choice] += 1
-        by_position += decision.choice == "skip" and SAME_POSITION in decision.reason
+        by_position += decision.by_position
     if sum(counts.values()) and counts["skip"] == sum(counts.values()):
         if by_position:  # a judge model that answers the layout: no --min-margin fixes that
             raise UserError(f"judge {judge} was unsure on all {counts['skip']} items it saw: it picked the same "

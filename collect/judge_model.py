@@ -17,7 +17,6 @@ from __future__ import annotations
 from alignkit.errors import UserError
 
 LETTERS = ("A", "B")
-SAME_POSITION = "same position both ways"
 MAX_ANSWER_TOKENS = 384  # each answer cut to this many tokens, so two fit a 1k-token context with the rules
 
 INSTRUCTION = """You judge two answers of an assistant to the same user message. The assistant should:
@@ -48,7 +47,7 @@ def model_decision(forward: float, swapped: float, min_margin: float):
     # it in the A/B of an annotator who sees the pair the other way round (judge.suggestion).
     reason = f"log-odds {margin:+.3f} for left (left shown first {forward:+.3f}, left shown second {-swapped:+.3f})"
     if forward * swapped > 0:  # both readings name the same position: the layout decided, not the answers
-        return Decision("skip", margin, reason + f" ({SAME_POSITION}: unsure, for people to label)")
+        return Decision("skip", margin, reason + " (same position both ways: unsure, for people to label)", True)
     if abs(margin) < min_margin:
         return Decision("skip", margin, reason + " (unsure: for people to label)")
     return Decision("a" if margin > 0 else "b", margin, reason)
@@ -73,9 +72,6 @@ class ModelJudge:
         from alignkit import models
         from alignkit.recipe import ModelConfig
 
-        if not spec.strip():
-            raise UserError("--judge model:MODEL: name a model (the embedded smollm2-135m-instruct, a local "
-                            "folder or a Hub id)")
         self.spec = spec
         self.tokenizer, _ = models.load_tokenizer(spec)  # exit 2: unknown model, no chat template, offline Hub
         self.letters = letter_ids(self.tokenizer, spec)

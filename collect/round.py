@@ -77,9 +77,9 @@ def run_round(url: str, recipe, prompts_file: str, adapter: str | None, judge: s
     raises UserError (collect.judge) with nothing exported.
     """
     from collect.export import ExportRules, write
-    from collect.judge import default_name, judge_kind, run_judge
+    from collect.judge import ANNOTATORS, default_name, judge_kind, run_judge
 
-    judge_kind(judge, "collect.annotator", "humans, rules, reward:RUN or model:MODEL")
+    judge_kind(judge, "collect.annotator", ANNOTATORS)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     store = open_round(url, recipe, prompts_file, n_prompts, min_prompts, seed)
     made = fill(store, recipe, adapter, log)
